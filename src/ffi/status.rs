@@ -57,35 +57,35 @@ pub enum dsrs_status {
 
 use dsrs_status::*;
 
-impl dsrs_status {
-    /// Every status, in numeric order.
-    pub const ALL: [dsrs_status; 21] = [
-        DSRS_STATUS_OK,
-        DSRS_STATUS_NULL_ARGUMENT,
-        DSRS_STATUS_INVALID_ARGUMENT,
-        DSRS_STATUS_OUT_OF_RANGE,
-        DSRS_STATUS_INVALID_UTF8,
-        DSRS_STATUS_BUFFER_TOO_SMALL,
-        DSRS_STATUS_INVALID_HANDLE,
-        DSRS_STATUS_STALE_HANDLE,
-        DSRS_STATUS_WRONG_HANDLE_TYPE,
-        DSRS_STATUS_INVALID_STATE,
-        DSRS_STATUS_INVALID_JSON,
-        DSRS_STATUS_INVALID_CONFIG,
-        DSRS_STATUS_IO,
-        DSRS_STATUS_FORMAT,
-        DSRS_STATUS_UNKNOWN_ACCELERATOR,
-        DSRS_STATUS_UNAVAILABLE,
-        DSRS_STATUS_OUT_OF_MEMORY,
-        DSRS_STATUS_UNSUPPORTED,
-        DSRS_STATUS_DEVICE_ERROR,
-        DSRS_STATUS_INTERNAL,
-        DSRS_STATUS_PANIC,
-    ];
+/// Every status, in numeric order.
+pub(crate) const ALL_STATUSES: [dsrs_status; 21] = [
+    DSRS_STATUS_OK,
+    DSRS_STATUS_NULL_ARGUMENT,
+    DSRS_STATUS_INVALID_ARGUMENT,
+    DSRS_STATUS_OUT_OF_RANGE,
+    DSRS_STATUS_INVALID_UTF8,
+    DSRS_STATUS_BUFFER_TOO_SMALL,
+    DSRS_STATUS_INVALID_HANDLE,
+    DSRS_STATUS_STALE_HANDLE,
+    DSRS_STATUS_WRONG_HANDLE_TYPE,
+    DSRS_STATUS_INVALID_STATE,
+    DSRS_STATUS_INVALID_JSON,
+    DSRS_STATUS_INVALID_CONFIG,
+    DSRS_STATUS_IO,
+    DSRS_STATUS_FORMAT,
+    DSRS_STATUS_UNKNOWN_ACCELERATOR,
+    DSRS_STATUS_UNAVAILABLE,
+    DSRS_STATUS_OUT_OF_MEMORY,
+    DSRS_STATUS_UNSUPPORTED,
+    DSRS_STATUS_DEVICE_ERROR,
+    DSRS_STATUS_INTERNAL,
+    DSRS_STATUS_PANIC,
+];
 
+impl dsrs_status {
     /// The status for a C integer, if it is one.
     pub fn from_i32(v: i32) -> Option<dsrs_status> {
-        Self::ALL.into_iter().find(|s| *s as i32 == v)
+        ALL_STATUSES.into_iter().find(|s| *s as i32 == v)
     }
 
     /// The constant's name, NUL-terminated (`"DSRS_STATUS_OK\0"`).
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn values_are_stable_and_names_match() {
-        for s in dsrs_status::ALL {
+        for s in ALL_STATUSES {
             assert_eq!(dsrs_status::from_i32(s as i32), Some(s));
             assert!(s.name().starts_with("DSRS_STATUS_"));
             assert!(!s.name().contains('\0'));

@@ -1,0 +1,96 @@
+//! The checked-in C header must be exactly what the pinned cbindgen generates from the
+//! sources, and its version macros must match Cargo.toml.
+//!
+//! Regenerate after changing src/ffi: `DSRS_BLESS=1 cargo test --test header`.
+
+use std::path::Path;
+
+fn generate() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = cbindgen::Config::from_file(Path::new(root).join("cbindgen.toml"))
+        .expect("cbindgen.toml parses");
+    let bindings = cbindgen::Builder::new()
+        .with_crate(root)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen generates the header");
+    let mut out = Vec::new();
+    bindings.write(&mut out);
+    String::from_utf8(out).expect("UTF-8 header")
+}
+
+#[test]
+fn checked_in_header_matches_cbindgen_output() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/deepspeed_rs.h");
+    let generated = generate();
+    if std::env::var_os("DSRS_BLESS").is_some() {
+        std::fs::write(&path, &generated).expect("write include/deepspeed_rs.h");
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    if on_disk != generated {
+        let first = on_disk
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map(|i| i + 1)
+            .unwrap_or_else(|| on_disk.lines().count().min(generated.lines().count()) + 1);
+        panic!(
+            "include/deepspeed_rs.h is stale (first difference at line {first}); regenerate it with \
+             `DSRS_BLESS=1 cargo test --test header` and commit the result"
+        );
+    }
+}
+
+fn macro_value(header: &str, name: &str) -> String {
+    header
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+        .unwrap_or_else(|| panic!("#define {name} missing from the header"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn version_macros_match_cargo_toml() {
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("include/deepspeed_rs.h"),
+    )
+    .unwrap();
+    assert_eq!(
+        macro_value(&header, "DSRS_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MAJOR")
+    );
+    assert_eq!(
+        macro_value(&header, "DSRS_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_MINOR")
+    );
+    assert_eq!(
+        macro_value(&header, "DSRS_VERSION_PATCH"),
+        env!("CARGO_PKG_VERSION_PATCH")
+    );
+    assert_eq!(
+        macro_value(&header, "DSRS_ABI_VERSION"),
+        deepspeed_rs::ABI_VERSION.to_string()
+    );
+}
+
+#[test]
+fn the_header_exposes_no_cuda_types() {
+    let header = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("include/deepspeed_rs.h"),
+    )
+    .unwrap();
+    for banned in [
+        "CUstream",
+        "cudaStream_t",
+        "CUdeviceptr",
+        "cuda.h",
+        "cuda_runtime",
+    ] {
+        assert!(
+            !header.contains(banned),
+            "the public header mentions {banned}"
+        );
+    }
+}
