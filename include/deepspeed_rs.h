@@ -270,6 +270,29 @@ typedef int32_t dsrs_status;
 #endif // __cplusplus
 
 /**
+ * An accelerator (CPU, CUDA, a plugin). Under the hood an `Arc`: each handle is one
+ * reference, released by `dsrs_accelerator_free`; objects made from it (buffers, streams,
+ * events) keep it alive. Thread-safe.
+ */
+typedef struct dsrs_accelerator dsrs_accelerator;
+
+/**
+ * Memory owned by an accelerator; freed with `dsrs_buffer_free` (DLPack exports made from
+ * it keep the memory alive until their deleters run). Thread-safe.
+ */
+typedef struct dsrs_buffer dsrs_buffer;
+
+/**
+ * An event of an accelerator; freed with `dsrs_event_free`. Thread-safe.
+ */
+typedef struct dsrs_event dsrs_event;
+
+/**
+ * A stream of an accelerator; freed with `dsrs_stream_free`. Thread-safe.
+ */
+typedef struct dsrs_stream dsrs_stream;
+
+/**
  * Distribution of `dsrs_accelerator_rng_fill`.
  */
 typedef int32_t dsrs_distribution;
@@ -365,13 +388,13 @@ extern "C" {
  * first available of registered plugins, CUDA, CPU. `*out` receives a new handle (a new
  * reference) that the caller frees with `dsrs_accelerator_free`.
  */
-dsrs_status dsrs_accelerator_get(dsrs_accelerator **out);
+dsrs_status dsrs_accelerator_get(struct dsrs_accelerator **out);
 
 /**
  * Makes `accel` the process-wide current accelerator (DeepSpeed's `set_accelerator`). The
  * caller keeps its handle. Objects made from the previous accelerator stay valid.
  */
-dsrs_status dsrs_accelerator_set(dsrs_accelerator *accel);
+dsrs_status dsrs_accelerator_set(struct dsrs_accelerator *accel);
 
 /**
  * Creates a new accelerator by name (`"cpu"`, `"cuda"`, a plugin's name; case-insensitive)
@@ -381,13 +404,13 @@ dsrs_status dsrs_accelerator_set(dsrs_accelerator *accel);
  */
 dsrs_status dsrs_accelerator_new(const char *name,
                                  const char *options_json,
-                                 dsrs_accelerator **out);
+                                 struct dsrs_accelerator **out);
 
 /**
  * Releases a handle. NULL is a no-op; a stale or foreign handle returns an error (and is
  * logged) without touching anything.
  */
-dsrs_status dsrs_accelerator_free(dsrs_accelerator *accel);
+dsrs_status dsrs_accelerator_free(struct dsrs_accelerator *accel);
 
 /**
  * The names of every accelerator, comma-separated, in detection order (two-call pattern).
@@ -397,7 +420,7 @@ dsrs_status dsrs_accelerator_names(char *buf, size_t len, size_t *needed);
 /**
  * The accelerator's name (`"cpu"`, ...) (two-call pattern).
  */
-dsrs_status dsrs_accelerator_name(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_name(const struct dsrs_accelerator *accel,
                                   char *buf,
                                   size_t len,
                                   size_t *needed);
@@ -407,7 +430,7 @@ dsrs_status dsrs_accelerator_name(const dsrs_accelerator *accel,
  * communication backend, dtype support, memory statistics, backend details (two-call
  * pattern; live figures may change length between calls — retry on BUFFER_TOO_SMALL).
  */
-dsrs_status dsrs_accelerator_info_json(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_info_json(const struct dsrs_accelerator *accel,
                                        char *buf,
                                        size_t len,
                                        size_t *needed);
@@ -415,17 +438,17 @@ dsrs_status dsrs_accelerator_info_json(const dsrs_accelerator *accel,
 /**
  * Whether the accelerator is usable.
  */
-dsrs_status dsrs_accelerator_is_available(const dsrs_accelerator *accel, bool *out);
+dsrs_status dsrs_accelerator_is_available(const struct dsrs_accelerator *accel, bool *out);
 
 /**
  * The DLPack device type of the accelerator's device memory (`kDLCPU`, `kDLCUDA`, ...).
  */
-dsrs_status dsrs_accelerator_device_type(const dsrs_accelerator *accel, int32_t *out);
+dsrs_status dsrs_accelerator_device_type(const struct dsrs_accelerator *accel, int32_t *out);
 
 /**
  * The collective-communication engine for this accelerator (`"mpi"`, `"nccl"`) (two-call).
  */
-dsrs_status dsrs_accelerator_communication_backend(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_communication_backend(const struct dsrs_accelerator *accel,
                                                    char *buf,
                                                    size_t len,
                                                    size_t *needed);
@@ -433,18 +456,19 @@ dsrs_status dsrs_accelerator_communication_backend(const dsrs_accelerator *accel
 /**
  * DeepSpeed's `is_synchronized_device`: work completes when it is submitted (CPU).
  */
-dsrs_status dsrs_accelerator_is_synchronized_device(const dsrs_accelerator *accel, bool *out);
+dsrs_status dsrs_accelerator_is_synchronized_device(const struct dsrs_accelerator *accel,
+                                                    bool *out);
 
 /**
  * Number of devices.
  */
-dsrs_status dsrs_accelerator_device_count(const dsrs_accelerator *accel, uint32_t *out);
+dsrs_status dsrs_accelerator_device_count(const struct dsrs_accelerator *accel, uint32_t *out);
 
 /**
  * A device's name (the CPU model, the GPU's name); `device = -1` is the current device
  * (two-call pattern).
  */
-dsrs_status dsrs_accelerator_device_name(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_device_name(const struct dsrs_accelerator *accel,
                                          int32_t device,
                                          char *buf,
                                          size_t len,
@@ -453,34 +477,78 @@ dsrs_status dsrs_accelerator_device_name(const dsrs_accelerator *accel,
 /**
  * Makes `device` the calling thread's current device.
  */
-dsrs_status dsrs_accelerator_set_device(dsrs_accelerator *accel, int32_t device);
+dsrs_status dsrs_accelerator_set_device(struct dsrs_accelerator *accel, int32_t device);
 
 /**
  * The calling thread's current device.
  */
-dsrs_status dsrs_accelerator_current_device(const dsrs_accelerator *accel, int32_t *out);
+dsrs_status dsrs_accelerator_current_device(const struct dsrs_accelerator *accel, int32_t *out);
 
 /**
  * Waits for all work on `device` (-1: current device).
  */
-dsrs_status dsrs_accelerator_synchronize(const dsrs_accelerator *accel, int32_t device);
+dsrs_status dsrs_accelerator_synchronize(const struct dsrs_accelerator *accel, int32_t device);
+
+/**
+ * Total memory of `device` (-1: current) in bytes (the OS's figure, tightened by
+ * cgroup and `memory_limit`, on the CPU).
+ */
+dsrs_status dsrs_accelerator_total_memory(const struct dsrs_accelerator *accel,
+                                          int32_t device,
+                                          uint64_t *out);
+
+/**
+ * Memory available for new allocations on `device` (-1: current), in bytes.
+ */
+dsrs_status dsrs_accelerator_available_memory(const struct dsrs_accelerator *accel,
+                                              int32_t device,
+                                              uint64_t *out);
+
+/**
+ * Bytes the library currently has allocated on `device` (-1: current).
+ */
+dsrs_status dsrs_accelerator_memory_allocated(const struct dsrs_accelerator *accel,
+                                              int32_t device,
+                                              uint64_t *out);
+
+/**
+ * Peak of `dsrs_accelerator_memory_allocated` since creation or the last reset.
+ */
+dsrs_status dsrs_accelerator_max_memory_allocated(const struct dsrs_accelerator *accel,
+                                                  int32_t device,
+                                                  uint64_t *out);
+
+/**
+ * Bytes reserved from the system on `device` (-1: current); equals allocated on the CPU.
+ */
+dsrs_status dsrs_accelerator_memory_reserved(const struct dsrs_accelerator *accel,
+                                             int32_t device,
+                                             uint64_t *out);
+
+/**
+ * Peak of `dsrs_accelerator_memory_reserved` since creation or the last reset.
+ */
+dsrs_status dsrs_accelerator_max_memory_reserved(const struct dsrs_accelerator *accel,
+                                                 int32_t device,
+                                                 uint64_t *out);
 
 /**
  * Resets the peak memory statistics of `device` (-1: current) to the current values.
  */
-dsrs_status dsrs_accelerator_reset_peak_memory_stats(dsrs_accelerator *accel, int32_t device);
+dsrs_status dsrs_accelerator_reset_peak_memory_stats(struct dsrs_accelerator *accel,
+                                                     int32_t device);
 
 /**
  * Returns cached, unused memory to the system.
  */
-dsrs_status dsrs_accelerator_empty_cache(dsrs_accelerator *accel);
+dsrs_status dsrs_accelerator_empty_cache(struct dsrs_accelerator *accel);
 
 /**
  * Memory statistics of `device` (-1: current) as a JSON object with PyTorch's key names
  * (`"allocated_bytes.all.current"`, `"allocated_bytes.all.peak"`, ...) plus
  * `"total_bytes"` and `"available_bytes"` (two-call pattern; retry on BUFFER_TOO_SMALL).
  */
-dsrs_status dsrs_accelerator_memory_stats_json(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_memory_stats_json(const struct dsrs_accelerator *accel,
                                                int32_t device,
                                                char *buf,
                                                size_t len,
@@ -490,7 +558,7 @@ dsrs_status dsrs_accelerator_memory_stats_json(const dsrs_accelerator *accel,
  * Whether `dtype` is supported (buffers and kernels accept it) and native (the hardware
  * computes in or converts it efficiently). `dtype.lanes` must be 1.
  */
-dsrs_status dsrs_accelerator_dtype_supported(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_dtype_supported(const struct dsrs_accelerator *accel,
                                              DLDataType dtype,
                                              bool *supported,
                                              bool *native);
@@ -499,29 +567,29 @@ dsrs_status dsrs_accelerator_dtype_supported(const dsrs_accelerator *accel,
  * DeepSpeed's `is_bf16_supported`: bf16 is native (on the CPU: AVX-512 BF16, AMX-BF16 or
  * Arm BF16).
  */
-dsrs_status dsrs_accelerator_is_bf16_supported(const dsrs_accelerator *accel, bool *out);
+dsrs_status dsrs_accelerator_is_bf16_supported(const struct dsrs_accelerator *accel, bool *out);
 
 /**
  * DeepSpeed's `is_fp16_supported`: fp16 is native (on the CPU: F16C, AVX-512 FP16 or Arm
  * FP16).
  */
-dsrs_status dsrs_accelerator_is_fp16_supported(const dsrs_accelerator *accel, bool *out);
+dsrs_status dsrs_accelerator_is_fp16_supported(const struct dsrs_accelerator *accel, bool *out);
 
 /**
  * Seeds the current device's Philox generator and resets its offset to 0.
  */
-dsrs_status dsrs_accelerator_manual_seed(dsrs_accelerator *accel, uint64_t seed);
+dsrs_status dsrs_accelerator_manual_seed(struct dsrs_accelerator *accel, uint64_t seed);
 
 /**
  * The seed of the current device's generator.
  */
-dsrs_status dsrs_accelerator_initial_seed(const dsrs_accelerator *accel, uint64_t *out);
+dsrs_status dsrs_accelerator_initial_seed(const struct dsrs_accelerator *accel, uint64_t *out);
 
 /**
  * The generator's state as bytes (24 bytes: `"DSRSPHX1"`, seed, offset; little-endian),
  * two-call pattern. Restore it with `dsrs_accelerator_set_rng_state`.
  */
-dsrs_status dsrs_accelerator_rng_state(const dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_rng_state(const struct dsrs_accelerator *accel,
                                        uint8_t *buf,
                                        size_t len,
                                        size_t *needed);
@@ -530,7 +598,7 @@ dsrs_status dsrs_accelerator_rng_state(const dsrs_accelerator *accel,
  * Restores a state from `dsrs_accelerator_rng_state`; malformed bytes are refused
  * (`DSRS_STATUS_FORMAT`) and the generator is left unchanged.
  */
-dsrs_status dsrs_accelerator_set_rng_state(dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_set_rng_state(struct dsrs_accelerator *accel,
                                            const uint8_t *state,
                                            size_t len);
 
@@ -541,113 +609,115 @@ dsrs_status dsrs_accelerator_set_rng_state(dsrs_accelerator *accel,
  * on this accelerator (or in host memory for the CPU accelerator). The same seed gives the
  * same numbers on every accelerator (docs/accelerators.md, "Random numbers").
  */
-dsrs_status dsrs_accelerator_rng_fill(dsrs_accelerator *accel,
+dsrs_status dsrs_accelerator_rng_fill(struct dsrs_accelerator *accel,
                                       const DLTensor *tensor,
                                       dsrs_distribution distribution,
                                       double a,
                                       double b,
-                                      dsrs_stream *stream);
+                                      struct dsrs_stream *stream);
 
 /**
  * Opens a named profiling range on the calling thread (NVTX on CUDA; a log record with
  * its duration on the CPU when `dsrs_accelerator_range_pop` closes it).
  */
-dsrs_status dsrs_accelerator_range_push(dsrs_accelerator *accel, const char *name);
+dsrs_status dsrs_accelerator_range_push(struct dsrs_accelerator *accel, const char *name);
 
 /**
  * Closes the innermost range of the calling thread; `DSRS_STATUS_INVALID_STATE` if none
  * is open.
  */
-dsrs_status dsrs_accelerator_range_pop(dsrs_accelerator *accel);
+dsrs_status dsrs_accelerator_range_pop(struct dsrs_accelerator *accel);
 
 /**
  * Whether `ptr` lies in page-locked host memory allocated by this accelerator
  * (`DSRS_MEMORY_PINNED` buffers). Any pointer value is accepted; it is not dereferenced.
  */
-dsrs_status dsrs_accelerator_is_pinned(const dsrs_accelerator *accel, const void *ptr, bool *out);
+dsrs_status dsrs_accelerator_is_pinned(const struct dsrs_accelerator *accel,
+                                       const void *ptr,
+                                       bool *out);
 
 /**
  * Allocates `size` bytes of `kind` memory on the accelerator's current device, zeroed,
  * aligned to `alignment` (a power of two; 0 = 256). The bytes count in the accelerator's
  * memory statistics until the buffer is freed. `size` 0 is valid (data pointer NULL).
  */
-dsrs_status dsrs_buffer_new(dsrs_accelerator *accel,
+dsrs_status dsrs_buffer_new(struct dsrs_accelerator *accel,
                             size_t size,
                             size_t alignment,
                             dsrs_memory_kind kind,
-                            dsrs_buffer **out);
+                            struct dsrs_buffer **out);
 
 /**
  * Releases a buffer handle (NULL: no-op; stale: error, logged). The memory is freed when
  * the last DLPack export of it is deleted as well.
  */
-dsrs_status dsrs_buffer_free(dsrs_buffer *buf);
+dsrs_status dsrs_buffer_free(struct dsrs_buffer *buf);
 
 /**
  * Size in bytes.
  */
-dsrs_status dsrs_buffer_size(const dsrs_buffer *buf, size_t *out);
+dsrs_status dsrs_buffer_size(const struct dsrs_buffer *buf, size_t *out);
 
 /**
  * Address of the first byte: a host pointer for host memory, a device address for device
  * memory (NULL for an empty buffer). Valid while the buffer (or an export of it) lives.
  */
-dsrs_status dsrs_buffer_data(const dsrs_buffer *buf, void **out);
+dsrs_status dsrs_buffer_data(const struct dsrs_buffer *buf, void **out);
 
 /**
  * Kind of memory (`DSRS_MEMORY_*`).
  */
-dsrs_status dsrs_buffer_kind(const dsrs_buffer *buf, dsrs_memory_kind *out);
+dsrs_status dsrs_buffer_kind(const struct dsrs_buffer *buf, dsrs_memory_kind *out);
 
 /**
  * The DLPack device of the memory.
  */
-dsrs_status dsrs_buffer_device(const dsrs_buffer *buf, DLDevice *out);
+dsrs_status dsrs_buffer_device(const struct dsrs_buffer *buf, DLDevice *out);
 
 /**
  * A new handle to the accelerator that owns the buffer (free with `dsrs_accelerator_free`).
  */
-dsrs_status dsrs_buffer_accelerator(const dsrs_buffer *buf, dsrs_accelerator **out);
+dsrs_status dsrs_buffer_accelerator(const struct dsrs_buffer *buf, struct dsrs_accelerator **out);
 
 /**
  * Copies `n` bytes from host memory `src` into the buffer at `offset`, on `stream` (NULL:
  * current stream). The range must lie inside the buffer.
  */
-dsrs_status dsrs_buffer_write(dsrs_buffer *buf,
+dsrs_status dsrs_buffer_write(struct dsrs_buffer *buf,
                               size_t offset,
                               const void *src,
                               size_t n,
-                              dsrs_stream *stream);
+                              struct dsrs_stream *stream);
 
 /**
  * Copies `n` bytes from the buffer at `offset` into host memory `dst`.
  */
-dsrs_status dsrs_buffer_read(const dsrs_buffer *buf,
+dsrs_status dsrs_buffer_read(const struct dsrs_buffer *buf,
                              size_t offset,
                              void *dst,
                              size_t n,
-                             dsrs_stream *stream);
+                             struct dsrs_stream *stream);
 
 /**
  * Copies `n` bytes between buffers (the same buffer and overlapping ranges are allowed).
  */
-dsrs_status dsrs_buffer_copy(dsrs_buffer *dst,
+dsrs_status dsrs_buffer_copy(struct dsrs_buffer *dst,
                              size_t dst_offset,
-                             const dsrs_buffer *src,
+                             const struct dsrs_buffer *src,
                              size_t src_offset,
                              size_t n,
-                             dsrs_stream *stream);
+                             struct dsrs_stream *stream);
 
 /**
  * Fills `n` bytes from `offset` with repetitions of a 1-, 2-, 4- or 8-byte pattern
  * (`n` a multiple of `pattern_size`).
  */
-dsrs_status dsrs_buffer_fill(dsrs_buffer *buf,
+dsrs_status dsrs_buffer_fill(struct dsrs_buffer *buf,
                              size_t offset,
                              size_t n,
                              const void *pattern,
                              size_t pattern_size,
-                             dsrs_stream *stream);
+                             struct dsrs_stream *stream);
 
 /**
  * Describes `ndim` dims of `shape` of `dtype`, starting `byte_offset` bytes into the
@@ -656,7 +726,7 @@ dsrs_status dsrs_buffer_fill(dsrs_buffer *buf,
  * buffer live. The view must fit in the buffer; `byte_offset` must be a multiple of the
  * element size.
  */
-dsrs_status dsrs_buffer_view(const dsrs_buffer *buf,
+dsrs_status dsrs_buffer_view(const struct dsrs_buffer *buf,
                              uint64_t byte_offset,
                              DLDataType dtype,
                              const int64_t *shape,
@@ -669,7 +739,7 @@ dsrs_status dsrs_buffer_view(const dsrs_buffer *buf,
  * memory alive until the consumer calls `(*out)->deleter(*out)`, even if the buffer handle
  * is freed first. Geometry rules as in `dsrs_buffer_view`; strides are explicit.
  */
-dsrs_status dsrs_buffer_to_dlpack(const dsrs_buffer *buf,
+dsrs_status dsrs_buffer_to_dlpack(const struct dsrs_buffer *buf,
                                   uint64_t byte_offset,
                                   DLDataType dtype,
                                   const int64_t *shape,
@@ -680,7 +750,7 @@ dsrs_status dsrs_buffer_to_dlpack(const dsrs_buffer *buf,
  * Like `dsrs_buffer_to_dlpack`, as a DLPack 1.x `DLManagedTensorVersioned` (capsules named
  * `"dltensor_versioned"`). `read_only` sets `DLPACK_FLAG_BITMASK_READ_ONLY`.
  */
-dsrs_status dsrs_buffer_to_dlpack_versioned(const dsrs_buffer *buf,
+dsrs_status dsrs_buffer_to_dlpack_versioned(const struct dsrs_buffer *buf,
                                             uint64_t byte_offset,
                                             DLDataType dtype,
                                             const int64_t *shape,
@@ -692,19 +762,19 @@ dsrs_status dsrs_buffer_to_dlpack_versioned(const dsrs_buffer *buf,
  * Copies a contiguous host tensor (any dtype, e.g. a numpy array) into the buffer at
  * `offset`.
  */
-dsrs_status dsrs_buffer_copy_from_tensor(dsrs_buffer *buf,
+dsrs_status dsrs_buffer_copy_from_tensor(struct dsrs_buffer *buf,
                                          size_t offset,
                                          const DLTensor *src,
-                                         dsrs_stream *stream);
+                                         struct dsrs_stream *stream);
 
 /**
  * Copies bytes from the buffer at `offset` into a contiguous host tensor (its byte size
  * decides how many).
  */
-dsrs_status dsrs_buffer_copy_to_tensor(const dsrs_buffer *buf,
+dsrs_status dsrs_buffer_copy_to_tensor(const struct dsrs_buffer *buf,
                                        size_t offset,
                                        const DLTensor *dst,
-                                       dsrs_stream *stream);
+                                       struct dsrs_stream *stream);
 
 /**
  * The version of the loaded library, e.g. `"0.1.0"` (static storage; never fails).
@@ -788,83 +858,90 @@ dsrs_status dsrs_debug_panic(const char *message);
 /**
  * A new stream on the current device. Free with `dsrs_stream_free`.
  */
-dsrs_status dsrs_stream_new(dsrs_accelerator *accel, dsrs_stream **out);
+dsrs_status dsrs_stream_new(struct dsrs_accelerator *accel, struct dsrs_stream **out);
 
 /**
  * A handle to the current device's default stream (free the handle with
  * `dsrs_stream_free`; the stream itself lives as long as the accelerator).
  */
-dsrs_status dsrs_accelerator_default_stream(dsrs_accelerator *accel, dsrs_stream **out);
+dsrs_status dsrs_accelerator_default_stream(struct dsrs_accelerator *accel,
+                                            struct dsrs_stream **out);
 
 /**
  * A handle to the calling thread's current stream (the default stream until set).
  */
-dsrs_status dsrs_accelerator_current_stream(dsrs_accelerator *accel, dsrs_stream **out);
+dsrs_status dsrs_accelerator_current_stream(struct dsrs_accelerator *accel,
+                                            struct dsrs_stream **out);
 
 /**
  * Makes `stream` (of this accelerator) the calling thread's current stream, and its
  * device the current device.
  */
-dsrs_status dsrs_accelerator_set_current_stream(dsrs_accelerator *accel, dsrs_stream *stream);
+dsrs_status dsrs_accelerator_set_current_stream(struct dsrs_accelerator *accel,
+                                                struct dsrs_stream *stream);
 
 /**
  * Releases a stream handle (NULL: no-op; stale: error, logged).
  */
-dsrs_status dsrs_stream_free(dsrs_stream *stream);
+dsrs_status dsrs_stream_free(struct dsrs_stream *stream);
 
 /**
  * Blocks until all work submitted to the stream has finished.
  */
-dsrs_status dsrs_stream_synchronize(dsrs_stream *stream);
+dsrs_status dsrs_stream_synchronize(struct dsrs_stream *stream);
 
 /**
  * Whether all work submitted to the stream has finished.
  */
-dsrs_status dsrs_stream_query(const dsrs_stream *stream, bool *out);
+dsrs_status dsrs_stream_query(const struct dsrs_stream *stream, bool *out);
 
 /**
  * Makes later work on `stream` wait until `event` has completed.
  */
-dsrs_status dsrs_stream_wait_event(dsrs_stream *stream, dsrs_event *event);
+dsrs_status dsrs_stream_wait_event(struct dsrs_stream *stream, struct dsrs_event *event);
 
 /**
  * The native stream (`cudaStream_t` on CUDA) as `void*`, NULL on host accelerators.
  */
-dsrs_status dsrs_stream_native_handle(const dsrs_stream *stream, void **out);
+dsrs_status dsrs_stream_native_handle(const struct dsrs_stream *stream, void **out);
 
 /**
  * A new event; `enable_timing` makes `dsrs_event_elapsed_ms` usable. Free with
  * `dsrs_event_free`.
  */
-dsrs_status dsrs_event_new(dsrs_accelerator *accel, bool enable_timing, dsrs_event **out);
+dsrs_status dsrs_event_new(struct dsrs_accelerator *accel,
+                           bool enable_timing,
+                           struct dsrs_event **out);
 
 /**
  * Releases an event handle (NULL: no-op; stale: error, logged).
  */
-dsrs_status dsrs_event_free(dsrs_event *event);
+dsrs_status dsrs_event_free(struct dsrs_event *event);
 
 /**
  * Records the event on `stream` (NULL: the current stream of the event's accelerator).
  */
-dsrs_status dsrs_event_record(dsrs_event *event, dsrs_stream *stream);
+dsrs_status dsrs_event_record(struct dsrs_event *event, struct dsrs_stream *stream);
 
 /**
  * Blocks until the work recorded before the event has finished (returns at once if the
  * event was never recorded).
  */
-dsrs_status dsrs_event_synchronize(dsrs_event *event);
+dsrs_status dsrs_event_synchronize(struct dsrs_event *event);
 
 /**
  * Whether the work recorded before the event has finished (true if never recorded).
  */
-dsrs_status dsrs_event_query(const dsrs_event *event, bool *out);
+dsrs_status dsrs_event_query(const struct dsrs_event *event, bool *out);
 
 /**
  * Milliseconds between two recorded timing events of the same accelerator (negative if
  * `end` was recorded first). `DSRS_STATUS_INVALID_STATE` names the event that was not
  * recorded or was created without timing.
  */
-dsrs_status dsrs_event_elapsed_ms(const dsrs_event *start, const dsrs_event *end, double *out);
+dsrs_status dsrs_event_elapsed_ms(const struct dsrs_event *start,
+                                  const struct dsrs_event *end,
+                                  double *out);
 
 #ifdef __cplusplus
 }  // extern "C"

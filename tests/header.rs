@@ -113,3 +113,36 @@ fn the_header_declares_no_cuda_types() {
         );
     }
 }
+
+/// cbindgen does not expand macros: an export defined by a macro would be missing from the
+/// header while still exported by the library. Every `extern "C" fn` written in src/ffi
+/// must be declared in the header.
+#[test]
+fn every_exported_function_is_declared() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let header = std::fs::read_to_string(root.join("include/deepspeed_rs.h")).unwrap();
+    let mut exported = Vec::new();
+    for entry in std::fs::read_dir(root.join("src/ffi")).unwrap() {
+        let src = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let mut lines = src.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.trim() == "#[unsafe(no_mangle)]" {
+                let decl = lines.next().unwrap_or_default();
+                let name = decl
+                    .split("fn ")
+                    .nth(1)
+                    .and_then(|rest| rest.split('(').next())
+                    .unwrap_or_else(|| panic!("no fn after #[unsafe(no_mangle)]: {decl}"));
+                exported.push(name.trim().to_string());
+            }
+        }
+    }
+    assert!(exported.len() > 50, "found only {} exports", exported.len());
+    for name in &exported {
+        assert!(
+            header.contains(&format!(" {name}(")) || header.contains(&format!("*{name}(")),
+            "{name} is exported but not declared in the header"
+        );
+        assert!(name.starts_with("dsrs_"), "{name} lacks the dsrs_ prefix");
+    }
+}

@@ -252,53 +252,80 @@ pub unsafe extern "C" fn dsrs_accelerator_synchronize(
     }
 }
 
-macro_rules! memory_getter {
-    ($(#[$doc:meta])* $name:ident, $method:ident) => {
-        $(#[$doc])*
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(accel: *const dsrs_accelerator, device: i32, out: *mut u64) -> dsrs_status {
-            ffi_body! {
-                let out = Out::new(out, "out")?;
-                let a = accel_arg(accel, "accel")?;
-                let v = a.$method(arg_device(device, "device")?)?;
-                out.write(v);
-                Ok(())
-            }
-        }
-    };
+/// Shared body of the memory getters below.
+fn memory_getter(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+    get: impl FnOnce(&dyn Accelerator, Option<usize>) -> crate::Result<u64>,
+) -> super::FfiResult {
+    let out = Out::new(out, "out")?;
+    let a = accel_arg(accel, "accel")?;
+    let v = get(a.as_ref(), arg_device(device, "device")?)?;
+    out.write(v);
+    Ok(())
 }
 
-memory_getter!(
-    /// Total memory of `device` (-1: current) in bytes (the OS's figure, tightened by
-    /// cgroup and `memory_limit`, on the CPU).
-    dsrs_accelerator_total_memory,
-    total_memory
-);
-memory_getter!(
-    /// Memory available for new allocations on `device` (-1: current), in bytes.
-    dsrs_accelerator_available_memory,
-    available_memory
-);
-memory_getter!(
-    /// Bytes the library currently has allocated on `device` (-1: current).
-    dsrs_accelerator_memory_allocated,
-    memory_allocated
-);
-memory_getter!(
-    /// Peak of `dsrs_accelerator_memory_allocated` since creation or the last reset.
-    dsrs_accelerator_max_memory_allocated,
-    max_memory_allocated
-);
-memory_getter!(
-    /// Bytes reserved from the system on `device` (-1: current); equals allocated on the CPU.
-    dsrs_accelerator_memory_reserved,
-    memory_reserved
-);
-memory_getter!(
-    /// Peak of `dsrs_accelerator_memory_reserved` since creation or the last reset.
-    dsrs_accelerator_max_memory_reserved,
-    max_memory_reserved
-);
+/// Total memory of `device` (-1: current) in bytes (the OS's figure, tightened by
+/// cgroup and `memory_limit`, on the CPU).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_total_memory(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.total_memory(d)) }
+}
+
+/// Memory available for new allocations on `device` (-1: current), in bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_available_memory(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.available_memory(d)) }
+}
+
+/// Bytes the library currently has allocated on `device` (-1: current).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_memory_allocated(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.memory_allocated(d)) }
+}
+
+/// Peak of `dsrs_accelerator_memory_allocated` since creation or the last reset.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_max_memory_allocated(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.max_memory_allocated(d)) }
+}
+
+/// Bytes reserved from the system on `device` (-1: current); equals allocated on the CPU.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_memory_reserved(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.memory_reserved(d)) }
+}
+
+/// Peak of `dsrs_accelerator_memory_reserved` since creation or the last reset.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_max_memory_reserved(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    out: *mut u64,
+) -> dsrs_status {
+    ffi_body! { memory_getter(accel, device, out, |a, d| a.max_memory_reserved(d)) }
+}
 
 /// Resets the peak memory statistics of `device` (-1: current) to the current values.
 #[unsafe(no_mangle)]

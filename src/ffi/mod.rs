@@ -307,12 +307,34 @@ pub(crate) fn write_str_out(
 // ---------------------------------------------------------------------------------------
 // Handle types.
 
-macro_rules! handle_type {
-    ($(#[$doc:meta])* $name:ident, $target:ty, $tag:expr, $registry:ident) => {
-        $(#[$doc])*
-        pub struct $name {
-            _private: [u8; 0],
-        }
+// The opaque types are declared plainly (cbindgen does not expand macros); the macro adds
+// their registries.
+
+/// An accelerator (CPU, CUDA, a plugin). Under the hood an `Arc`: each handle is one
+/// reference, released by `dsrs_accelerator_free`; objects made from it (buffers, streams,
+/// events) keep it alive. Thread-safe.
+pub struct dsrs_accelerator {
+    _private: [u8; 0],
+}
+
+/// Memory owned by an accelerator; freed with `dsrs_buffer_free` (DLPack exports made from
+/// it keep the memory alive until their deleters run). Thread-safe.
+pub struct dsrs_buffer {
+    _private: [u8; 0],
+}
+
+/// A stream of an accelerator; freed with `dsrs_stream_free`. Thread-safe.
+pub struct dsrs_stream {
+    _private: [u8; 0],
+}
+
+/// An event of an accelerator; freed with `dsrs_event_free`. Thread-safe.
+pub struct dsrs_event {
+    _private: [u8; 0],
+}
+
+macro_rules! handle_registry {
+    ($name:ident, $target:ty, $tag:expr, $registry:ident) => {
         static $registry: handle::Registry<$target> = handle::Registry::new();
         impl handle::Handle for $name {
             type Target = $target;
@@ -325,37 +347,15 @@ macro_rules! handle_type {
     };
 }
 
-handle_type!(
-    /// An accelerator (CPU, CUDA, a plugin). Under the hood an `Arc`: each handle is one
-    /// reference, released by `dsrs_accelerator_free`; objects made from it (buffers,
-    /// streams, events) keep it alive. Thread-safe.
+handle_registry!(
     dsrs_accelerator,
     dyn crate::accelerator::Accelerator,
     0xA1,
     ACCELERATORS
 );
-handle_type!(
-    /// Memory owned by an accelerator; freed with `dsrs_buffer_free` (DLPack exports made
-    /// from it keep the memory alive until their deleters run). Thread-safe.
-    dsrs_buffer,
-    crate::accelerator::Buffer,
-    0xA2,
-    BUFFERS
-);
-handle_type!(
-    /// A stream of an accelerator; freed with `dsrs_stream_free`. Thread-safe.
-    dsrs_stream,
-    stream::StreamObject,
-    0xA3,
-    STREAMS
-);
-handle_type!(
-    /// An event of an accelerator; freed with `dsrs_event_free`. Thread-safe.
-    dsrs_event,
-    stream::EventObject,
-    0xA4,
-    EVENTS
-);
+handle_registry!(dsrs_buffer, crate::accelerator::Buffer, 0xA2, BUFFERS);
+handle_registry!(dsrs_stream, stream::StreamObject, 0xA3, STREAMS);
+handle_registry!(dsrs_event, stream::EventObject, 0xA4, EVENTS);
 
 #[cfg(test)]
 mod tests {
