@@ -50,17 +50,6 @@ impl<T: ?Sized> Registry<T> {
             }),
         }
     }
-
-    /// Number of live handles.
-    #[cfg(test)]
-    pub(crate) fn live(&self) -> usize {
-        self.inner
-            .read()
-            .slots
-            .iter()
-            .filter(|s| s.value.is_some())
-            .count()
-    }
 }
 
 /// An opaque C type whose pointers are handles into a [`Registry`].

@@ -382,6 +382,7 @@ pub fn memlock_limit() -> Option<u64> {
         if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0
             && r.rlim_cur != libc::RLIM_INFINITY
         {
+            #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
             return Some(r.rlim_cur as u64);
         }
     }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of deepspeed_rs. Works on a fresh machine: the steps that need cmake or
+# numpy/pytest install them first (cmake through apt-get, Python packages into .venv).
+#
+#   1. Rust: unit, integration (CLI, threads, header regeneration check), doc tests
+#   2. C harness through CTest under AddressSanitizer + UndefinedBehaviorSanitizer: happy
+#      paths, the misuse suite, log callbacks, header compile tests (C99/C11/C++17, double
+#      include), the C++ wrapper, the CLI
+#   3. The CMake package: install, then a separate project with find_package (shared and
+#      static), with the build tree removed
+#   4. Python binding: pip install ./bindings/python, pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "Rust: build and test"
+cargo build --lib --bins
+cargo test
+
+step "C harness (CTest, ASan + UBSan)"
+scripts/test-c.sh target/debug
+
+step "CMake package and find_package consumer"
+scripts/test-cmake-package.sh target/debug
+
+step "Python binding (pytest)"
+scripts/test-python.sh target/debug
+
+step "all tests passed"
