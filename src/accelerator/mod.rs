@@ -383,9 +383,10 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     /// The DLPack device of memory of `kind` on `device`.
     fn dlpack_device(&self, kind: MemoryKind, device: usize) -> DLDevice {
         match kind {
+            // DLPack: host memory is device 0, whatever logical device (NUMA node) owns it.
             MemoryKind::Device => DLDevice {
                 device_type: self.dlpack_device_type(),
-                device_id: device as i32,
+                device_id: if self.is_host() { 0 } else { device as i32 },
             },
             MemoryKind::Host => DLDevice {
                 device_type: crate::dlpack::kDLCPU,

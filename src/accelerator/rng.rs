@@ -154,14 +154,14 @@ impl Distribution {
                 return match dtype {
                     DType::U32 | DType::I32 | DType::U64 | DType::I64 => Ok(()),
                     _ => Err(Error::Unsupported(format!(
-                        "random bits fill {dtype}; use uint32, int32, uint64 or int64"
+                        "random bits cannot fill a tensor of {dtype}; use uint32, int32, uint64 or int64"
                     ))),
                 };
             }
         }
         if !dtype.is_float() {
             return Err(Error::Unsupported(format!(
-                "{} numbers cannot fill a {dtype} tensor; use float16, bfloat16, float32 or float64",
+                "{} numbers cannot fill a tensor of {dtype}; use float16, bfloat16, float32 or float64",
                 self.label()
             )));
         }

@@ -508,6 +508,12 @@ pub unsafe extern "C" fn dsrs_accelerator_rng_fill(
         };
         // SAFETY: shape/strides validity is the caller's contract for a DLTensor.
         let t = unsafe { TensorRef::from_raw(t, "tensor") }?;
+        if !t.contiguous {
+            return Err(FfiError::new(
+                super::status::dsrs_status::DSRS_STATUS_INVALID_ARGUMENT,
+                "argument 'tensor' is not contiguous (strides must be NULL or compact row-major)",
+            ));
+        }
         let s = super::stream::opt_stream_arg(stream, &acc)?;
         // SAFETY: the DLTensor's memory is the caller's contract.
         unsafe { acc.rng_fill(&t, dist, s.as_deref()) }?;

@@ -286,7 +286,7 @@ impl Accelerator for CpuAccelerator {
         }
         if !tensor.contiguous {
             return Err(Error::invalid(
-                "random fills need a contiguous tensor (strides NULL or row-major compact)",
+                "the tensor is not contiguous (strides must be NULL or compact row-major)",
             ));
         }
         let mut state = self.rng.lock();
