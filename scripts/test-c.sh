@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds and runs the C/C++ test harness (tests/c) through CTest, under AddressSanitizer +
+# UndefinedBehaviorSanitizer (LeakSanitizer included):
+#   accelerator_test, log_callback_test, misuse_test, cpp_wrapper_test, static_link_test,
+#   the header compile tests (C99, C11, C++17, double include, the C++ wrapper) and the
+#   CLI test.
+#
+#   scripts/test-c.sh [ARTIFACT_DIR]
+#
+# ARTIFACT_DIR (default target/debug) holds what `cargo build` produced: libdeepspeed_rs.so,
+# libdeepspeed_rs.a and the dsrs CLI. The build directory is build/c-tests. Works on a fresh
+# machine: cmake is installed with apt-get when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+artifacts=${1:-target/debug}
+build_dir=build/c-tests
+jobs=2
+
+# cmake through apt-get when missing (sudo only when not root).
+ensure_cmake() {
+  if command -v cmake >/dev/null 2>&1; then
+    return
+  fi
+  echo "test-c.sh: cmake is not installed; installing it with apt-get"
+  local sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd="sudo"
+  fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq cmake >/dev/null
+  command -v cmake >/dev/null 2>&1 || { echo "test-c.sh: installing cmake failed" >&2; exit 1; }
+}
+
+# The artifacts must exist; the CLI is optional (its test is skipped without it).
+for f in libdeepspeed_rs.so libdeepspeed_rs.a; do
+  if [ ! -f "$artifacts/$f" ]; then
+    echo "test-c.sh: $artifacts/$f is missing; run \`cargo build\` first (or pass the directory" \
+         "that holds it, e.g. target/release)" >&2
+    exit 1
+  fi
+done
+artifacts=$(cd "$artifacts" && pwd)
+cli="$artifacts/dsrs"
+if [ ! -x "$cli" ]; then
+  echo "test-c.sh: warning: $cli not found; the CLI test will be skipped"
+  cli=""
+fi
+
+ensure_cmake
+echo "test-c.sh: $(cmake --version | head -n1); artifacts from $artifacts"
+
+cmake -S . -B "$build_dir" \
+  -DDSRS_PREBUILT_DIR="$artifacts" \
+  -DDSRS_BUILD_TESTS=ON \
+  -DDSRS_SANITIZE=ON \
+  -DDSRS_CLI="$cli"
+cmake --build "$build_dir" --parallel "$jobs"
+
+# The tests pick their accelerator by detection; an inherited override would change that.
+unset DSRS_ACCELERATOR DSRS_LOG
+cd "$build_dir"
+ctest --output-on-failure --parallel "$jobs"

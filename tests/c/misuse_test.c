@@ -1,0 +1,474 @@
+/*
+ * misuse_test.c — abuses of the deepspeed_rs C ABI.
+ *
+ * Each abuse must return its exact documented status, record the same status for
+ * dsrs_last_error_status, and leave a last-error message that starts with the failing
+ * function's name and names the argument or value at fault. Nothing may crash (the suite
+ * runs under AddressSanitizer and UndefinedBehaviorSanitizer in scripts/test-c.sh). One
+ * line is printed per abuse, and the count at the end.
+ */
+#include <math.h>
+
+#include "check.h"
+
+static int abuse_count = 0;
+
+/* Checks one abuse: status, dsrs_last_error_status, and the message's contents. `needles`
+ * is a NULL-terminated list of substrings the message must contain. */
+static void expect_failure(int line, const char *what, dsrs_status got, dsrs_status want,
+                           const char *function, const char *const *needles) {
+  abuse_count++;
+  const char *msg = last_error();
+  printf("[%2d] %-58s -> %s | %s\n", abuse_count, what, status_name(got), msg);
+  if (got != want) {
+    fprintf(stderr, "misuse_test.c:%d: %s: expected %s, got %s\n", line, what,
+            status_name(want), status_name(got));
+    check_failures_++;
+    return;
+  }
+  dsrs_status recorded = DSRS_STATUS_OK;
+  CHECK_OK(dsrs_last_error_status(&recorded));
+  if (recorded != want) {
+    fprintf(stderr, "misuse_test.c:%d: %s: dsrs_last_error_status is %s\n", line, what,
+            status_name(recorded));
+    check_failures_++;
+  }
+  size_t fl = strlen(function);
+  if (strncmp(msg, function, fl) != 0 || strncmp(msg + fl, ": ", 2) != 0) {
+    fprintf(stderr, "misuse_test.c:%d: %s: the message does not start with \"%s: \"\n", line,
+            what, function);
+    check_failures_++;
+  }
+  for (const char *const *n = needles; *n != NULL; n++) {
+    if (strstr(msg, *n) == NULL) {
+      fprintf(stderr, "misuse_test.c:%d: %s: the message lacks \"%s\"\n", line, what, *n);
+      check_failures_++;
+    }
+  }
+}
+
+/* ABUSE(description, call, expected status, "function", "needle", ...) */
+#define ABUSE(what, call, want, function, ...)                                            \
+  expect_failure(__LINE__, what, (call), want, function, (const char *const[]){__VA_ARGS__, NULL})
+
+/* A non-failure abuse (the call must cope, no message to check). */
+#define ABUSE_OK(what, cond)                                                               \
+  do {                                                                                     \
+    abuse_count++;                                                                         \
+    printf("[%2d] %-58s -> %s\n", abuse_count, what, (cond) ? "ok" : "FAILED");            \
+    CHECK(cond);                                                                           \
+  } while (0)
+
+static DLDataType dt(uint8_t code, uint8_t bits, uint16_t lanes) {
+  DLDataType t = {code, bits, lanes};
+  return t;
+}
+
+/* The next `n` BITS words of the generator (advances it). */
+static void draw(dsrs_accelerator *a, uint32_t *out, int64_t n) {
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  t.data = out;
+  t.device.device_type = kDLCPU;
+  t.ndim = 1;
+  t.dtype = dt(kDLUInt, 32, 1);
+  t.shape = &n;
+  REQUIRE_OK(dsrs_accelerator_rng_fill(a, &t, DSRS_DISTRIBUTION_BITS, 0, 0, NULL));
+}
+
+int main(void) {
+  setvbuf(stdout, NULL, _IONBF, 0); /* keep stdout and stderr in order */
+  uint64_t seed = test_seed_from_env_or_time();
+  printf("misuse_test: seed %" PRIu64 " (DSRS_TEST_SEED reproduces it)\n", seed);
+  test_rng_seed(seed);
+  /* Free functions log stale handles at WARN; keep the output to what this test prints. */
+  REQUIRE_OK(dsrs_set_log_level(DSRS_LOG_ERROR));
+
+  dsrs_accelerator *acc = NULL, *other = NULL, *nope = NULL;
+
+  printf("-- accelerator selection\n");
+  /* Before the first successful selection, DSRS_ACCELERATOR decides; a bad name fails (and
+   * is not cached: the next call selects again). */
+  REQUIRE(setenv("DSRS_ACCELERATOR", "bogus", 1) == 0);
+  ABUSE("DSRS_ACCELERATOR=bogus", dsrs_accelerator_get(&nope), DSRS_STATUS_UNKNOWN_ACCELERATOR,
+        "dsrs_accelerator_get", "DSRS_ACCELERATOR=\"bogus\"", "cpu", "cuda");
+  REQUIRE(unsetenv("DSRS_ACCELERATOR") == 0);
+  CHECK(nope == NULL);
+  ABUSE("an accelerator this machine/build cannot drive (cuda)",
+        dsrs_accelerator_new("cuda", NULL, &nope), DSRS_STATUS_UNAVAILABLE, "dsrs_accelerator_new",
+        "cuda", "available accelerators: cpu");
+  REQUIRE_OK(dsrs_accelerator_get(&acc));
+  REQUIRE_OK(dsrs_accelerator_new("cpu", "{\"devices\": 2}", &other));
+  size_t size = 256 + (size_t)(test_rng_next() % 1024);
+  dsrs_buffer *buf = NULL;
+  REQUIRE_OK(dsrs_buffer_new(acc, size, 0, DSRS_MEMORY_DEVICE, &buf));
+  unsigned char *data = (unsigned char *)malloc(size);
+  test_rng_bytes(data, size);
+  REQUIRE_OK(dsrs_buffer_write(buf, 0, data, size, NULL));
+  size_t n = 0;
+  uint32_t u32 = 0;
+  char text[256];
+  unsigned char *sink = (unsigned char *)malloc(size + 1); /* room for any read below */
+  int64_t shape2[2] = {2, 3};
+
+  printf("-- NULL arguments and handles\n");
+  ABUSE("NULL out-param of dsrs_accelerator_get", dsrs_accelerator_get(NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_get", "'out'");
+  ABUSE("NULL out-param of dsrs_buffer_size", dsrs_buffer_size(buf, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_size", "'out'", "NULL");
+  ABUSE("NULL 'needed' of a two-call function", dsrs_accelerator_name(acc, text, sizeof text, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_name", "'needed'");
+  ABUSE("NULL accelerator handle", dsrs_accelerator_device_count(NULL, &u32),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_device_count", "'accel'");
+  ABUSE("NULL buffer handle", dsrs_buffer_write(NULL, 0, data, 1, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_write", "'buf'");
+  ABUSE("NULL accelerator name", dsrs_accelerator_new(NULL, NULL, &nope),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_new", "'name'");
+  ABUSE("(NULL, n > 0) host pointer", dsrs_buffer_write(buf, 0, NULL, 16, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_write", "'src'", "16");
+  ABUSE_OK("(NULL, 0) host pointer is an empty write",
+           dsrs_buffer_write(buf, 0, NULL, 0, NULL) == DSRS_STATUS_OK);
+  ABUSE("(NULL, len > 0) output buffer of a two-call function",
+        dsrs_accelerator_name(acc, NULL, 5, &n), DSRS_STATUS_NULL_ARGUMENT,
+        "dsrs_accelerator_name", "'buf'", "5");
+  ABUSE("NULL stream for set_current_stream", dsrs_accelerator_set_current_stream(acc, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_set_current_stream", "'stream'");
+
+  printf("-- stale, foreign and mistyped handles\n");
+  dsrs_buffer *gone = NULL;
+  REQUIRE_OK(dsrs_buffer_new(acc, 64, 0, DSRS_MEMORY_DEVICE, &gone));
+  REQUIRE_OK(dsrs_buffer_free(gone));
+  ABUSE("stale buffer handle after free", dsrs_buffer_size(gone, &n), DSRS_STATUS_STALE_HANDLE,
+        "dsrs_buffer_size", "'buf'", "stale", "dsrs_buffer");
+  ABUSE("double free of a buffer", dsrs_buffer_free(gone), DSRS_STATUS_STALE_HANDLE,
+        "dsrs_buffer_free", "'buf'", "already freed");
+  /* The slot is reused by the next buffer: the old handle must stay stale. */
+  dsrs_buffer *reuse = NULL;
+  REQUIRE_OK(dsrs_buffer_new(acc, 32, 0, DSRS_MEMORY_DEVICE, &reuse));
+  ABUSE("stale handle whose slot was reused", dsrs_buffer_free(gone), DSRS_STATUS_STALE_HANDLE,
+        "dsrs_buffer_free", "'buf'", "stale");
+  CHECK_OK(dsrs_buffer_size(reuse, &n)); /* and the new one is untouched */
+  CHECK(n == 32);
+  REQUIRE_OK(dsrs_buffer_free(reuse));
+  dsrs_accelerator *acc2 = NULL;
+  REQUIRE_OK(dsrs_accelerator_get(&acc2));
+  REQUIRE_OK(dsrs_accelerator_free(acc2));
+  ABUSE("double free of an accelerator handle", dsrs_accelerator_free(acc2),
+        DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_free", "'accel'", "stale");
+  ABUSE("buffer passed as an accelerator",
+        dsrs_accelerator_device_count((dsrs_accelerator *)buf, &u32),
+        DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_accelerator_device_count", "'accel'", "dsrs_buffer",
+        "dsrs_accelerator");
+  dsrs_event *ev = NULL;
+  REQUIRE_OK(dsrs_event_new(acc, true, &ev));
+  ABUSE("event passed as a stream", dsrs_stream_synchronize((dsrs_stream *)ev),
+        DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_stream_synchronize", "'stream'", "dsrs_event",
+        "dsrs_stream");
+  ABUSE("garbage pointer (void*)0x1234", dsrs_accelerator_free((dsrs_accelerator *)(void *)0x1234),
+        DSRS_STATUS_INVALID_HANDLE, "dsrs_accelerator_free", "'accel'", "0x1234",
+        "not a dsrs_accelerator handle");
+  _Alignas(16) unsigned char on_stack[32]; /* 16-aligned: its low byte is never a type tag */
+  memset(on_stack, 0xA2, sizeof on_stack);
+  char addr[32];
+  snprintf(addr, sizeof addr, "%#zx", (size_t)(uintptr_t)on_stack);
+  ABUSE("address of a stack variable as a buffer", dsrs_buffer_size((dsrs_buffer *)(void *)on_stack, &n),
+        DSRS_STATUS_INVALID_HANDLE, "dsrs_buffer_size", "'buf'", addr);
+  ABUSE("buffer freed with dsrs_stream_free", dsrs_stream_free((dsrs_stream *)buf),
+        DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_stream_free", "'stream'", "dsrs_buffer");
+  ABUSE("buffer freed with dsrs_accelerator_free", dsrs_accelerator_free((dsrs_accelerator *)buf),
+        DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_accelerator_free", "'accel'", "dsrs_buffer");
+  {
+    unsigned char *back = (unsigned char *)malloc(size);
+    bool usable = dsrs_buffer_read(buf, 0, back, size, NULL) == DSRS_STATUS_OK &&
+                  memcmp(back, data, size) == 0;
+    ABUSE_OK("... and the buffer is still usable, contents intact", usable);
+    free(back);
+  }
+
+  printf("-- out-of-range enumerations and devices\n");
+  dsrs_buffer *never = NULL;
+  ABUSE("memory kind 42", dsrs_buffer_new(acc, 16, 0, 42, &never), DSRS_STATUS_OUT_OF_RANGE,
+        "dsrs_buffer_new", "'kind'", "42");
+  {
+    float f[4];
+    int64_t four = 4;
+    DLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = f;
+    t.device.device_type = kDLCPU;
+    t.ndim = 1;
+    t.dtype = dt(kDLFloat, 32, 1);
+    t.shape = &four;
+    ABUSE("distribution 7", dsrs_accelerator_rng_fill(acc, &t, 7, 0, 1, NULL),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_rng_fill", "'distribution'", "7");
+  }
+  ABUSE("log level 99", dsrs_set_log_level(99), DSRS_STATUS_OUT_OF_RANGE, "dsrs_set_log_level",
+        "'level'", "99");
+  ABUSE("record level 0 for dsrs_log", dsrs_log(0, "t", "m"), DSRS_STATUS_OUT_OF_RANGE, "dsrs_log",
+        "'level'", "0");
+  ABUSE("device -5 for set_device", dsrs_accelerator_set_device(acc, -5), DSRS_STATUS_OUT_OF_RANGE,
+        "dsrs_accelerator_set_device", "'device'", "-5");
+  ABUSE("device 999 for set_device", dsrs_accelerator_set_device(other, 999),
+        DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_set_device", "device 999", "2 device(s)");
+  ABUSE("device -5 for device_name", dsrs_accelerator_device_name(acc, -5, text, sizeof text, &n),
+        DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_device_name", "'device'", "-5");
+  {
+    uint64_t v = 0;
+    ABUSE("device 999 for total_memory", dsrs_accelerator_total_memory(acc, 999, &v),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_total_memory", "device 999");
+  }
+
+  printf("-- two-call outputs\n");
+  {
+    char small[3];
+    memset(small, '#', sizeof small);
+    size_t needed = 0;
+    ABUSE("undersized buffer for dsrs_accelerator_name",
+          dsrs_accelerator_name(acc, small, sizeof small, &needed), DSRS_STATUS_BUFFER_TOO_SMALL,
+          "dsrs_accelerator_name", "'buf'", "3 bytes", "4");
+    CHECK(needed == 4); /* "cpu" + NUL */
+    CHECK(small[0] == '#' && small[1] == '#' && small[2] == '#'); /* untouched */
+    uint8_t st[5];
+    memset(st, 0x5A, sizeof st);
+    needed = 0;
+    ABUSE("undersized buffer for dsrs_accelerator_rng_state",
+          dsrs_accelerator_rng_state(acc, st, sizeof st, &needed), DSRS_STATUS_BUFFER_TOO_SMALL,
+          "dsrs_accelerator_rng_state", "'buf'", "24");
+    CHECK(needed == 24);
+    for (size_t i = 0; i < sizeof st; i++) CHECK(st[i] == 0x5A);
+    char tiny[8];
+    memset(tiny, '#', sizeof tiny);
+    needed = 0;
+    ABUSE("undersized buffer for dsrs_report_json", dsrs_report_json(tiny, sizeof tiny, &needed),
+          DSRS_STATUS_BUFFER_TOO_SMALL, "dsrs_report_json", "'buf'", "8 bytes");
+    CHECK(needed > sizeof tiny);
+    for (size_t i = 0; i < sizeof tiny; i++) CHECK(tiny[i] == '#');
+
+    /* dsrs_last_error_message with a too-small buffer keeps the stored message. */
+    char full[512], part[4];
+    size_t need_full = 0, need_part = 0;
+    REQUIRE_OK(dsrs_last_error_message(full, sizeof full, &need_full));
+    memset(part, '#', sizeof part);
+    dsrs_status s = dsrs_last_error_message(part, sizeof part, &need_part);
+    char again[512];
+    size_t need_again = 0;
+    REQUIRE_OK(dsrs_last_error_message(again, sizeof again, &need_again));
+    dsrs_status recorded = DSRS_STATUS_OK;
+    CHECK_OK(dsrs_last_error_status(&recorded));
+    ABUSE_OK("last_error_message into 4 bytes: TOO_SMALL, message kept",
+             s == DSRS_STATUS_BUFFER_TOO_SMALL && need_part == need_full &&
+                 strcmp(full, again) == 0 && recorded == DSRS_STATUS_BUFFER_TOO_SMALL &&
+                 part[0] == '#' && strstr(again, "dsrs_report_json") != NULL);
+    ABUSE_OK("last_error_message(NULL, 4): NULL_ARGUMENT, message kept",
+             dsrs_last_error_message(NULL, 4, &need_part) == DSRS_STATUS_NULL_ARGUMENT &&
+                 dsrs_last_error_message(again, sizeof again, &need_again) == DSRS_STATUS_OK &&
+                 strcmp(full, again) == 0);
+  }
+
+  printf("-- strings, JSON options, accelerator names\n");
+  ABUSE("invalid UTF-8 accelerator name", dsrs_accelerator_new("\xff\xfe", NULL, &nope),
+        DSRS_STATUS_INVALID_UTF8, "dsrs_accelerator_new", "'name'", "UTF-8");
+  ABUSE("invalid UTF-8 range name", dsrs_accelerator_range_push(acc, "ok\xc3"),
+        DSRS_STATUS_INVALID_UTF8, "dsrs_accelerator_range_push", "'name'", "offset 2");
+  ABUSE("malformed JSON options", dsrs_accelerator_new("cpu", "{\"devices\": 2", &nope),
+        DSRS_STATUS_INVALID_JSON, "dsrs_accelerator_new", "accelerator options", "line 1");
+  ABUSE("options not an object", dsrs_accelerator_new("cpu", "[1, 2]", &nope),
+        DSRS_STATUS_INVALID_CONFIG, "dsrs_accelerator_new", "options", "JSON object");
+  ABUSE("wrong option type {\"memory_limit\":\"lots\"}",
+        dsrs_accelerator_new("cpu", "{\"memory_limit\":\"lots\"}", &nope),
+        DSRS_STATUS_INVALID_CONFIG, "dsrs_accelerator_new", "memory_limit", "lots");
+  ABUSE("unknown option {\"colour\": 3}", dsrs_accelerator_new("cpu", "{\"colour\": 3}", &nope),
+        DSRS_STATUS_INVALID_CONFIG, "dsrs_accelerator_new", "colour", "devices, memory_limit, seed");
+  ABUSE("devices 0", dsrs_accelerator_new("cpu", "{\"devices\": 0}", &nope),
+        DSRS_STATUS_INVALID_CONFIG, "dsrs_accelerator_new", "devices", "0");
+  ABUSE("unknown accelerator name", dsrs_accelerator_new("tpu9000", NULL, &nope),
+        DSRS_STATUS_UNKNOWN_ACCELERATOR, "dsrs_accelerator_new", "tpu9000", "cpu", "cuda");
+  CHECK(nope == NULL); /* out-params are written only on success */
+
+  printf("-- allocation, bounds, fills\n");
+  ABUSE("alignment 3", dsrs_buffer_new(acc, 16, 3, DSRS_MEMORY_DEVICE, &never),
+        DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_new", "alignment", "3");
+  ABUSE("SIZE_MAX bytes", dsrs_buffer_new(acc, SIZE_MAX, 0, DSRS_MEMORY_DEVICE, &never),
+        DSRS_STATUS_OUT_OF_MEMORY, "dsrs_buffer_new", "18446744073709551615");
+  CHECK(never == NULL);
+  char sz[32];
+  snprintf(sz, sizeof sz, "%zu bytes", size);
+  ABUSE("write past the end", dsrs_buffer_write(buf, size - 3, data, 4, NULL),
+        DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_write", "write", sz);
+  ABUSE("read past the end", dsrs_buffer_read(buf, 1, sink, size, NULL), DSRS_STATUS_OUT_OF_RANGE,
+        "dsrs_buffer_read", "read", sz);
+  ABUSE("SIZE_MAX offset (offset + n overflows)", dsrs_buffer_read(buf, SIZE_MAX, sink, 2, NULL),
+        DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_read", "18446744073709551615");
+  ABUSE("copy source range past the end", dsrs_buffer_copy(buf, 0, buf, size - 1, 2, NULL),
+        DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_copy", "copy source");
+  {
+    uint32_t pattern = 0xDEADBEEF;
+    ABUSE("fill pattern_size 3", dsrs_buffer_fill(buf, 0, 6, &pattern, 3, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_fill", "pattern_size", "3");
+    ABUSE("fill length not a multiple of the pattern", dsrs_buffer_fill(buf, 0, 6, &pattern, 4, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_fill", "pattern_size", "6 bytes");
+    ABUSE("fill with a NULL pattern", dsrs_buffer_fill(buf, 0, 4, NULL, 4, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_fill", "'pattern'");
+  }
+  {
+    unsigned char *back = (unsigned char *)malloc(size);
+    REQUIRE_OK(dsrs_buffer_read(buf, 0, back, size, NULL));
+    ABUSE_OK("... failed writes and fills left the buffer untouched",
+             memcmp(back, data, size) == 0);
+    free(back);
+  }
+
+  printf("-- views and DLPack exports\n");
+  DLTensor view;
+  memset(&view, 0x77, sizeof view);
+  {
+    int64_t big[2] = {(int64_t)size, 2};
+    ABUSE("view larger than the buffer", dsrs_buffer_view(buf, 0, dt(kDLFloat, 32, 1), big, 2, &view),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_view", sz, "float32");
+    int64_t neg[2] = {2, -3};
+    ABUSE("negative extent", dsrs_buffer_view(buf, 0, dt(kDLFloat, 32, 1), neg, 2, &view),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_view", "'shape'", "shape[1] = -3");
+    int64_t many[33];
+    for (int i = 0; i < 33; i++) many[i] = 1;
+    ABUSE("ndim 33", dsrs_buffer_view(buf, 0, dt(kDLFloat, 32, 1), many, 33, &view),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_view", "'ndim'", "33");
+    ABUSE("dtype with 4 lanes", dsrs_buffer_view(buf, 0, dt(kDLFloat, 32, 4), shape2, 2, &view),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_view", "lanes", "4");
+    ABUSE("dtype code 99", dsrs_buffer_view(buf, 0, dt(99, 32, 1), shape2, 2, &view),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_view", "code 99");
+    ABUSE("misaligned byte_offset (2 for float32)",
+          dsrs_buffer_view(buf, 2, dt(kDLFloat, 32, 1), shape2, 2, &view),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_view", "'byte_offset'", "2");
+    ABUSE("view with NULL shape and ndim 2", dsrs_buffer_view(buf, 0, dt(kDLFloat, 32, 1), NULL, 2, &view),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_view", "'shape'");
+    DLManagedTensor *m = NULL;
+    ABUSE("DLPack export with a misaligned offset",
+          dsrs_buffer_to_dlpack(buf, 6, dt(kDLFloat, 64, 1), shape2, 2, &m),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_to_dlpack", "'byte_offset'", "6");
+    CHECK(m == NULL);
+    unsigned char pristine[sizeof view];
+    memset(pristine, 0x77, sizeof pristine);
+    CHECK(memcmp(&view, pristine, sizeof view) == 0); /* out-param untouched */
+  }
+
+  printf("-- tensors and random fills\n");
+  {
+    int8_t bytes[6];
+    DLTensor t;
+    memset(&t, 0, sizeof t);
+    t.data = bytes;
+    t.device.device_type = kDLCPU;
+    t.ndim = 2;
+    t.dtype = dt(kDLInt, 8, 1);
+    t.shape = shape2;
+    ABUSE("normal numbers into int8", dsrs_accelerator_rng_fill(acc, &t, DSRS_DISTRIBUTION_NORMAL, 0, 1, NULL),
+          DSRS_STATUS_UNSUPPORTED, "dsrs_accelerator_rng_fill", "normal", "int8");
+    float f[6];
+    t.dtype = dt(kDLFloat, 32, 1);
+    t.data = f;
+    ABUSE("uniform with low > high", dsrs_accelerator_rng_fill(acc, &t, DSRS_DISTRIBUTION_UNIFORM, 2, 1, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_accelerator_rng_fill", "low=2", "high=1");
+    ABUSE("normal with NaN std", dsrs_accelerator_rng_fill(acc, &t, DSRS_DISTRIBUTION_NORMAL, 0, NAN, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_accelerator_rng_fill", "std=NaN");
+    t.data = NULL;
+    ABUSE("NULL data with 6 elements", dsrs_accelerator_rng_fill(acc, &t, DSRS_DISTRIBUTION_UNIFORM, 0, 1, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_accelerator_rng_fill", "tensor->data", "6 elements");
+    t.data = f;
+    int64_t column_major[2] = {1, 2};
+    t.strides = column_major;
+    ABUSE("non-contiguous strides", dsrs_accelerator_rng_fill(acc, &t, DSRS_DISTRIBUTION_UNIFORM, 0, 1, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_accelerator_rng_fill", "contiguous", "tensor");
+    ABUSE("non-contiguous source tensor", dsrs_buffer_copy_from_tensor(buf, 0, &t, NULL),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_buffer_copy_from_tensor", "'src'", "contiguous");
+    t.strides = NULL;
+    t.device.device_type = kDLCUDA;
+    ABUSE("device (CUDA) tensor as a host tensor", dsrs_buffer_copy_to_tensor(buf, 0, &t, NULL),
+          DSRS_STATUS_UNSUPPORTED, "dsrs_buffer_copy_to_tensor", "'dst'", "device type 2");
+    ABUSE("NULL tensor", dsrs_accelerator_rng_fill(acc, NULL, DSRS_DISTRIBUTION_UNIFORM, 0, 1, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_rng_fill", "'tensor'");
+  }
+
+  printf("-- generator state\n");
+  {
+    uint8_t saved[24];
+    size_t needed = 0;
+    REQUIRE_OK(dsrs_accelerator_manual_seed(acc, test_rng_next()));
+    REQUIRE_OK(dsrs_accelerator_rng_state(acc, saved, sizeof saved, &needed));
+    uint32_t expect[16], got[16];
+    draw(acc, expect, 16); /* what the generator gives from `saved` */
+    REQUIRE_OK(dsrs_accelerator_set_rng_state(acc, saved, sizeof saved));
+    ABUSE("set_rng_state with 5 bytes", dsrs_accelerator_set_rng_state(acc, saved, 5),
+          DSRS_STATUS_FORMAT, "dsrs_accelerator_set_rng_state", "24 bytes", "got 5");
+    uint8_t bad[24];
+    memcpy(bad, saved, sizeof bad);
+    bad[0] = 'X';
+    ABUSE("set_rng_state with a bad magic", dsrs_accelerator_set_rng_state(acc, bad, sizeof bad),
+          DSRS_STATUS_FORMAT, "dsrs_accelerator_set_rng_state", "DSRSPHX1");
+    ABUSE("set_rng_state (NULL, 24)", dsrs_accelerator_set_rng_state(acc, NULL, 24),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_set_rng_state", "'state'", "24");
+    draw(acc, got, 16);
+    ABUSE_OK("... the refused states left the generator unchanged",
+             memcmp(expect, got, sizeof got) == 0);
+  }
+
+  printf("-- events, ranges, streams\n");
+  {
+    dsrs_event *end = NULL, *untimed = NULL;
+    REQUIRE_OK(dsrs_event_new(acc, true, &end));
+    REQUIRE_OK(dsrs_event_new(acc, false, &untimed));
+    double ms = 0;
+    ABUSE("elapsed_ms on unrecorded events", dsrs_event_elapsed_ms(ev, end, &ms),
+          DSRS_STATUS_INVALID_STATE, "dsrs_event_elapsed_ms", "start event", "not been recorded");
+    REQUIRE_OK(dsrs_event_record(ev, NULL));
+    ABUSE("elapsed_ms with an unrecorded end event", dsrs_event_elapsed_ms(ev, end, &ms),
+          DSRS_STATUS_INVALID_STATE, "dsrs_event_elapsed_ms", "end event", "not been recorded");
+    REQUIRE_OK(dsrs_event_record(untimed, NULL));
+    ABUSE("elapsed_ms on an event without timing", dsrs_event_elapsed_ms(ev, untimed, &ms),
+          DSRS_STATUS_INVALID_STATE, "dsrs_event_elapsed_ms", "end event", "without timing");
+    CHECK_OK(dsrs_event_free(end));
+    CHECK_OK(dsrs_event_free(untimed));
+  }
+  ABUSE("range_pop with nothing pushed", dsrs_accelerator_range_pop(acc), DSRS_STATUS_INVALID_STATE,
+        "dsrs_accelerator_range_pop", "range_pop", "range_push");
+  {
+    dsrs_stream *foreign = NULL;
+    REQUIRE_OK(dsrs_stream_new(other, &foreign));
+    ABUSE("stream of accelerator B with a buffer of accelerator A",
+          dsrs_buffer_write(buf, 0, data, 8, foreign), DSRS_STATUS_INVALID_ARGUMENT,
+          "dsrs_buffer_write", "'stream'", "another accelerator");
+    ABUSE("stream of B made current on A", dsrs_accelerator_set_current_stream(acc, foreign),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_accelerator_set_current_stream", "'stream'");
+    ABUSE("event of A recorded on a stream of B", dsrs_event_record(ev, foreign),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_event_record", "'stream'");
+    CHECK_OK(dsrs_stream_free(foreign));
+  }
+
+  printf("-- status names, panics\n");
+  ABUSE_OK("dsrs_status_str(12345) is \"DSRS_STATUS_UNKNOWN\"",
+           strcmp(dsrs_status_str(12345), "DSRS_STATUS_UNKNOWN") == 0 &&
+               strcmp(dsrs_status_str(-1), "DSRS_STATUS_UNKNOWN") == 0);
+  ABUSE("dsrs_debug_panic(\"boom\")", dsrs_debug_panic("boom"), DSRS_STATUS_PANIC,
+        "dsrs_debug_panic", "panic", "boom");
+  {
+    /* The library still works after the panic. */
+    uint32_t count = 0;
+    unsigned char back[16];
+    bool ok = dsrs_accelerator_device_count(acc, &count) == DSRS_STATUS_OK && count >= 1 &&
+              dsrs_buffer_read(buf, 0, back, sizeof back, NULL) == DSRS_STATUS_OK &&
+              memcmp(back, data, sizeof back) == 0;
+    dsrs_buffer *fresh = NULL;
+    ok = ok && dsrs_buffer_new(acc, 64, 0, DSRS_MEMORY_DEVICE, &fresh) == DSRS_STATUS_OK &&
+         dsrs_buffer_free(fresh) == DSRS_STATUS_OK;
+    ABUSE_OK("... the library still works after the panic", ok);
+  }
+
+  CHECK_OK(dsrs_event_free(ev));
+  CHECK_OK(dsrs_buffer_free(buf));
+  CHECK_OK(dsrs_accelerator_free(other));
+  CHECK_OK(dsrs_accelerator_free(acc));
+  free(data);
+  free(sink);
+  printf("misuse_test: %d abuses checked\n", abuse_count);
+  CHECK(abuse_count >= 35);
+  return check_exit_code("misuse_test");
+}
