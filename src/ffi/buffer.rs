@@ -340,24 +340,42 @@ struct Export {
     strides: Box<[i64]>,
 }
 
-fn export_tensor(b: &Buffer, g: &ViewGeometry, ex: &mut Export) -> DLTensor {
-    DLTensor {
+/// Validates a typed view and builds what an owning DLPack export needs: the context that
+/// keeps the buffer and the shape/strides arrays alive, and the tensor pointing into them.
+/// The tensor's pointers stay valid when the context is moved into a `Box` (the arrays are
+/// heap allocations of their own).
+fn export(
+    b: &Arc<Buffer>,
+    byte_offset: u64,
+    dtype: DLDataType,
+    shape: *const i64,
+    ndim: i32,
+) -> Result<(Export, DLTensor), FfiError> {
+    let g = view_geometry(b, byte_offset, dtype, shape, ndim)?;
+    let mut ex = Export {
+        strides: compact_strides(&g.shape),
+        shape: g.shape.clone().into_boxed_slice(),
+        _buffer: Arc::clone(b),
+    };
+    let empty = g.shape.is_empty();
+    let tensor = DLTensor {
         data: g.address as *mut c_void,
         device: b.dl_device(),
         ndim: g.shape.len() as i32,
         dtype: g.dtype.to_dl(),
-        shape: if g.shape.is_empty() {
+        shape: if empty {
             std::ptr::null_mut()
         } else {
             ex.shape.as_mut_ptr()
         },
-        strides: if g.shape.is_empty() {
+        strides: if empty {
             std::ptr::null_mut()
         } else {
             ex.strides.as_mut_ptr()
         },
         byte_offset: 0,
-    }
+    };
+    Ok((ex, tensor))
 }
 
 fn compact_strides(shape: &[i64]) -> Box<[i64]> {
@@ -398,13 +416,7 @@ pub unsafe extern "C" fn dsrs_buffer_to_dlpack(
     ffi_body! {
         let out = Out::new(out, "out")?;
         let b = buf_arg(buf, "buf")?;
-        let g = view_geometry(&b, byte_offset, dtype, shape, ndim)?;
-        let mut export = Export {
-            strides: compact_strides(&g.shape),
-            shape: g.shape.clone().into_boxed_slice(),
-            _buffer: Arc::clone(&b),
-        };
-        let tensor = export_tensor(&b, &g, &mut export);
+        let (export, tensor) = export(&b, byte_offset, dtype, shape, ndim)?;
         let boxed = Box::new(ManagedExport {
             tensor: DLManagedTensor { dl_tensor: tensor, manager_ctx: std::ptr::null_mut(), deleter: Some(delete_managed) },
             export,
@@ -446,13 +458,7 @@ pub unsafe extern "C" fn dsrs_buffer_to_dlpack_versioned(
     ffi_body! {
         let out = Out::new(out, "out")?;
         let b = buf_arg(buf, "buf")?;
-        let g = view_geometry(&b, byte_offset, dtype, shape, ndim)?;
-        let mut export = Export {
-            strides: compact_strides(&g.shape),
-            shape: g.shape.clone().into_boxed_slice(),
-            _buffer: Arc::clone(&b),
-        };
-        let tensor = export_tensor(&b, &g, &mut export);
+        let (export, tensor) = export(&b, byte_offset, dtype, shape, ndim)?;
         let boxed = Box::new(VersionedExport {
             tensor: DLManagedTensorVersioned {
                 version: DLPackVersion { major: DLPACK_MAJOR_VERSION, minor: DLPACK_MINOR_VERSION },
