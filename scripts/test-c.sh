@@ -50,10 +50,25 @@ fi
 ensure_cmake
 echo "test-c.sh: $(cmake --version | head -n1); artifacts from $artifacts"
 
+# Does LeakSanitizer work here? It needs ptrace, which some containers forbid; then the
+# tests still run under ASan + UBSan, and this says so.
+detect_leaks=ON
+probe_dir=$(mktemp -d)
+printf 'int main(void) { return 0; }\n' >"$probe_dir/p.c"
+if ${CC:-cc} -fsanitize=address -o "$probe_dir/p" "$probe_dir/p.c" 2>/dev/null; then
+  if ! ASAN_OPTIONS=detect_leaks=1 "$probe_dir/p" >"$probe_dir/out" 2>&1; then
+    echo "test-c.sh: WARNING: LeakSanitizer does not work on this machine; running without" \
+         "leak detection: $(head -n 2 "$probe_dir/out" | tr '\n' ' ')"
+    detect_leaks=OFF
+  fi
+fi
+rm -rf "$probe_dir"
+
 cmake -S . -B "$build_dir" \
   -DDSRS_PREBUILT_DIR="$artifacts" \
   -DDSRS_BUILD_TESTS=ON \
   -DDSRS_SANITIZE=ON \
+  -DDSRS_DETECT_LEAKS="$detect_leaks" \
   -DDSRS_CLI="$cli"
 cmake --build "$build_dir" --parallel "$jobs"
 
