@@ -17,7 +17,7 @@
 //!   rounded to the element type.
 //! * Bits: uint32/int32 take one word per element; uint64/int64 take `w0 | w1 << 32`.
 
-use half::{bf16, f16};
+use half::f16;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -142,11 +142,28 @@ impl Distribution {
                         "uniform bounds need low <= high, got low={low}, high={high}"
                     )));
                 }
+                if !(high - low).is_finite() {
+                    return Err(Error::invalid(format!(
+                        "uniform bounds span high - low overflows float64 (low={low}, high={high})"
+                    )));
+                }
+                let max = max_finite(dtype);
+                if dtype.is_float() && (low.abs() > max || high.abs() > max) {
+                    return Err(Error::range(format!(
+                        "uniform bounds must lie within {dtype}'s range (±{max:e}), got low={low}, high={high}"
+                    )));
+                }
             }
             Distribution::Normal { mean, std } => {
                 if !mean.is_finite() || !std.is_finite() || std < 0.0 {
                     return Err(Error::invalid(format!(
                         "normal parameters need a finite mean and a finite std >= 0, got mean={mean}, std={std}"
+                    )));
+                }
+                let max = max_finite(dtype);
+                if dtype.is_float() && (mean.abs() > max || std > max) {
+                    return Err(Error::range(format!(
+                        "normal parameters must lie within {dtype}'s range (±{max:e}), got mean={mean}, std={std}"
                     )));
                 }
             }
@@ -240,7 +257,47 @@ fn box_muller(u1: f64, u2: f64) -> (f64, f64) {
     (r * theta.cos(), r * theta.sin())
 }
 
+/// Rounds to f32 "to odd": truncate toward zero, then set the last bit if anything was
+/// lost. Rounding that result to nearest-even at a precision at least two bits narrower
+/// (float16: 11 bits, bfloat16: 8, against float32's 24) equals rounding the f64 directly,
+/// so narrow types are correctly rounded without double-rounding errors.
+#[inline]
+fn f32_round_to_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if f.is_nan() || f64::from(f) == v {
+        return f;
+    }
+    let mut bits = f.to_bits();
+    if f64::from(f).abs() > v.abs() {
+        bits -= 1; // one step toward zero (the magnitude bits are monotonic)
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// float32 → bfloat16, round to nearest, ties to even.
+#[inline]
+fn bf16_bits_rne(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x0040) as u16; // keep it a (quiet) NaN
+    }
+    let lsb = (b >> 16) & 1;
+    (b.wrapping_add(0x7fff + lsb) >> 16) as u16
+}
+
+/// The element type's largest finite magnitude, for the float types.
+fn max_finite(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 65_504.0,
+        DType::BF16 => f64::from(half::bf16::MAX),
+        DType::F32 => f64::from(f32::MAX),
+        _ => f64::MAX,
+    }
+}
+
 /// Writes one f64 value as `dtype` at element `i` of `out`.
+/// (`half`'s `from_f64` is not correctly rounded — it drops low bits first — so narrow
+/// types go through [`f32_round_to_odd`].)
 ///
 /// # Safety
 /// `out` must be valid for `(i + 1) * dtype.size()` bytes.
@@ -253,10 +310,10 @@ unsafe fn store(out: *mut u8, dtype: DType, i: usize, v: f64) {
             DType::F64 => (out as *mut f64).add(i).write_unaligned(v),
             DType::F16 => (out as *mut u16)
                 .add(i)
-                .write_unaligned(f16::from_f64(v).to_bits()),
+                .write_unaligned(f16::from_f32(f32_round_to_odd(v)).to_bits()),
             DType::BF16 => (out as *mut u16)
                 .add(i)
-                .write_unaligned(bf16::from_f64(v).to_bits()),
+                .write_unaligned(bf16_bits_rne(f32_round_to_odd(v))),
             _ => unreachable!("validated float type"),
         }
     }
@@ -457,45 +514,90 @@ mod tests {
         assert!((within_1sd - 0.6827).abs() < 0.01, "{within_1sd}");
     }
 
+    /// Correct rounding by brute force: of the representable codes near `v` (decoded to f64
+    /// exactly), the nearest wins; ties go to the even code.
+    fn reference_rne(v: f64, guess: u16, decode: impl Fn(u16) -> f64) -> u16 {
+        let mut best = guess;
+        let mut best_err = f64::INFINITY;
+        for d in -3i32..=3 {
+            let c = (i32::from(guess) + d) as u16;
+            let x = decode(c);
+            if x.is_nan() || (x != 0.0 && x.signum() != v.signum()) {
+                continue;
+            }
+            let err = (x - v).abs();
+            if err < best_err || (err == best_err && c & 1 == 0) {
+                best = c;
+                best_err = err;
+            }
+        }
+        best
+    }
+
     #[test]
-    fn low_precision_fills_round_the_f64_value() {
-        let mut a = State::new(3);
-        let mut b = State::new(3);
-        let f: Vec<u16> = fill_vec(
-            &mut a,
-            Distribution::Normal {
-                mean: 0.5,
-                std: 1.5,
-            },
-            DType::BF16,
-            33,
-        );
-        let g: Vec<f64> = fill_vec(
-            &mut b,
-            Distribution::Normal {
-                mean: 0.5,
-                std: 1.5,
+    fn narrow_types_are_correctly_rounded_from_f64() {
+        let f16_of = |c: u16| f16::from_bits(c).to_f64();
+        let bf16_of = |c: u16| half::bf16::from_bits(c).to_f64();
+        let mut s = State::new(12_345);
+        let mut cases: Vec<f64> = fill_vec(
+            &mut s,
+            Distribution::Uniform {
+                low: -3.0,
+                high: 5.5,
             },
             DType::F64,
-            33,
+            200_000,
         );
-        // A different word layout for f64, so compare against the f32 stream instead.
-        let mut c = State::new(3);
-        let h: Vec<f32> = fill_vec(
-            &mut c,
-            Distribution::Normal {
-                mean: 0.5,
-                std: 1.5,
-            },
-            DType::F32,
-            33,
-        );
-        for (x, y) in f.iter().zip(&h) {
-            let xb = bf16::from_bits(*x).to_f64();
-            assert!((xb - f64::from(*y)).abs() <= f64::from(y.abs()) * 2f64.powi(-8) + 1e-30);
+        // Just above, below and at halfway points: where truncating conversions go wrong.
+        for k in 0..2000 {
+            let h = 1.0 + f64::from(2 * k + 1) * 2f64.powi(-11); // float16 in [1, 2)
+            cases.extend([h, h + 2f64.powi(-40), h - 2f64.powi(-40), -h]);
+            let hb = 1.0 + f64::from(2 * (k % 128) + 1) * 2f64.powi(-8); // bfloat16
+            cases.extend([hb, hb + 2f64.powi(-45), hb - 2f64.powi(-45)]);
         }
-        assert_eq!(a, c);
-        assert_ne!(g.len(), 0);
+        for &v in &cases {
+            let got = f16::from_f32(f32_round_to_odd(v)).to_bits();
+            assert_eq!(
+                got,
+                reference_rne(v, f16::from_f64(v).to_bits(), f16_of),
+                "float16 of {v:e}"
+            );
+            let got = bf16_bits_rne(f32_round_to_odd(v));
+            let guess = half::bf16::from_f64(v).to_bits();
+            assert_eq!(got, reference_rne(v, guess, bf16_of), "bfloat16 of {v:e}");
+        }
+    }
+
+    #[test]
+    fn the_case_found_by_the_python_tests_rounds_correctly() {
+        // seed 12345, uniform(-3, 5.5), float16, element 4219: -0x1.0ba001p+0.
+        let v = -(1.0 + f64::from(0x0ba001u32) * 2f64.powi(-24));
+        assert_eq!(f16::from_f32(f32_round_to_odd(v)).to_f64(), -1.0458984375);
+    }
+
+    #[test]
+    fn bounds_beyond_float64_or_the_element_type_are_refused() {
+        let mut s = State::new(1);
+        let mut buf = [0u8; 16];
+        let p = buf.as_mut_ptr();
+        let wide = Distribution::Uniform {
+            low: -1.7e308,
+            high: 1.7e308,
+        };
+        let e = unsafe { fill(&mut s, wide, DType::F64, p, 2) }.unwrap_err();
+        assert!(e.to_string().contains("overflows float64"), "{e}");
+        let big = Distribution::Uniform {
+            low: -1e6,
+            high: 1e6,
+        };
+        let e = unsafe { fill(&mut s, big, DType::F16, p, 4) }.unwrap_err();
+        assert!(e.to_string().contains("within float16's range"), "{e}");
+        assert!(unsafe { fill(&mut s, big, DType::F32, p, 4) }.is_ok());
+        let far = Distribution::Normal {
+            mean: 1e39,
+            std: 1.0,
+        };
+        assert!(unsafe { fill(&mut s, far, DType::F32, p, 4) }.is_err());
     }
 
     #[test]
