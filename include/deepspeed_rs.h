@@ -318,6 +318,8 @@ typedef void (*dsrs_log_callback)(void *user_data,
                                   const char *target,
                                   const char *message);
 
+
+
 /**
  * Uniform in `[a, b)` (a = low, b = high).
  */

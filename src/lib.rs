@@ -32,20 +32,12 @@
 // DLPack's constants keep their standard names (`kDLCPU`, `kDLFloat`, ...).
 #![allow(non_upper_case_globals)]
 
-// Only `ffi` feeds the C header; the other modules are plain Rust (cbindgen skips them).
-
-/// cbindgen:ignore
 pub mod accelerator;
-/// cbindgen:ignore
 pub mod dlpack;
-/// cbindgen:ignore
 pub mod dtype;
-/// cbindgen:ignore
 pub mod error;
 pub mod ffi;
-/// cbindgen:ignore
 pub mod log;
-/// cbindgen:ignore
 pub mod report;
 
 pub use error::{Error, ErrorKind, Result};

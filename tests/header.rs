@@ -146,3 +146,41 @@ fn every_exported_function_is_declared() {
         assert!(name.starts_with("dsrs_"), "{name} lacks the dsrs_ prefix");
     }
 }
+
+/// Everything cbindgen generates (after the hand-written DLPack section) is namespaced:
+/// macros `DSRS_*`, types and functions `dsrs_*`. A Rust-only `pub const` that is not
+/// excluded in cbindgen.toml would otherwise leak into every host as an unprefixed macro.
+#[test]
+fn generated_names_carry_the_dsrs_prefix() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/deepspeed_rs.h");
+    let header = std::fs::read_to_string(path).unwrap();
+    let generated = header
+        .split("#endif /* DLPACK_DLPACK_H_ */")
+        .nth(1)
+        .expect("the DLPack section ends with #endif /* DLPACK_DLPACK_H_ */");
+    let code = code_of(generated);
+    let mut checked = 0;
+    for line in code.lines().map(str::trim) {
+        let name = if let Some(rest) = line.strip_prefix("#define ") {
+            rest.split_whitespace().next()
+        } else if let Some(rest) = line.strip_prefix("typedef struct ") {
+            rest.split_whitespace().next()
+        } else if let Some(rest) = line.strip_prefix("enum ") {
+            rest.split_whitespace().next()
+        } else if let Some((_, rest)) = line.split_once("(*") {
+            rest.split(')').next() // a function-pointer typedef: typedef R (*name)(...
+        } else if line.starts_with("typedef ") {
+            line.trim_end_matches(';').rsplit([' ', '*']).next()
+        } else {
+            None
+        };
+        let Some(name) = name else { continue };
+        let name = name.trim_end_matches(';');
+        checked += 1;
+        assert!(
+            name.starts_with("DSRS_") || name.starts_with("dsrs_") || name == "DEEPSPEED_RS_H",
+            "the header defines {name:?} without the dsrs_/DSRS_ prefix (exclude it in cbindgen.toml?)"
+        );
+    }
+    assert!(checked > 20, "only {checked} names checked");
+}

@@ -28,7 +28,7 @@ pub mod factory;
 pub mod rng;
 mod stream;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, DEFAULT_ALIGNMENT, MAX_ALIGNMENT};
 pub use factory::{
     AcceleratorProvider, Candidate, Probe, Selection, SelectionMethod, create, current, names,
     probe_all, register_provider, selection, set_current,

@@ -7,7 +7,7 @@
 //!   becomes `DSRS_STATUS_PANIC`;
 //! * on failure it sets the calling thread's last-error message, which names the function
 //!   and the argument, value or file at fault;
-//! * every pointer is null-checked, every handle validated ([`handle`]);
+//! * every pointer is null-checked, every handle validated (the `handle` module);
 //! * out-parameters are written only on success (the size of a two-call output is also
 //!   written on `DSRS_STATUS_BUFFER_TOO_SMALL`, so the caller can retry).
 
