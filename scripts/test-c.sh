@@ -17,20 +17,8 @@ artifacts=${1:-target/debug}
 build_dir=build/c-tests
 jobs=2
 
-# cmake through apt-get when missing (sudo only when not root).
-ensure_cmake() {
-  if command -v cmake >/dev/null 2>&1; then
-    return
-  fi
-  echo "test-c.sh: cmake is not installed; installing it with apt-get"
-  local sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd="sudo"
-  fi
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq cmake >/dev/null
-  command -v cmake >/dev/null 2>&1 || { echo "test-c.sh: installing cmake failed" >&2; exit 1; }
-}
+# cmake installed with apt-get when missing.
+source "$(dirname "$0")/common.sh"
 
 # The artifacts must exist; the CLI is optional (its test is skipped without it).
 for f in libdeepspeed_rs.so libdeepspeed_rs.a; do
@@ -47,7 +35,7 @@ if [ ! -x "$cli" ]; then
   cli=""
 fi
 
-ensure_cmake
+ensure_commands cmake
 echo "test-c.sh: $(cmake --version | head -n1); artifacts from $artifacts"
 
 # Does LeakSanitizer work here? It needs ptrace, which some containers forbid; then the

@@ -29,29 +29,14 @@ die() {
 }
 step() { printf '\n--- %s\n' "$*"; }
 
-# cmake (and pkg-config, for its check) through apt-get when missing.
-ensure_tools() {
-  local missing=()
-  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-  if [ ${#missing[@]} -eq 0 ]; then
-    return
-  fi
-  echo "test-cmake-package.sh: ${missing[*]} not installed; installing with apt-get"
-  local sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd="sudo"
-  fi
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-  command -v cmake >/dev/null 2>&1 || die "installing cmake failed"
-}
+# cmake, and pkg-config for its check, installed with apt-get when missing.
+source "$(dirname "$0")/common.sh"
 
 for f in libdeepspeed_rs.so libdeepspeed_rs.a; do
   [ -f "$artifacts/$f" ] || die "$artifacts/$f is missing; run \`cargo build\` first"
 done
 artifacts=$(cd "$artifacts" && pwd)
-ensure_tools
+ensure_commands cmake pkg-config
 
 # Everything temporary lives under one directory, removed on exit (success or failure).
 work=$(mktemp -d "${TMPDIR:-/tmp}/dsrs-package-test.XXXXXX")
