@@ -294,11 +294,8 @@ fn view_geometry(
     Ok(ViewGeometry {
         dtype: dt,
         shape,
-        address: if nbytes == 0 && b.ptr() == 0 {
-            0
-        } else {
-            address
-        },
+        // DLPack: the data pointer of an empty tensor is NULL.
+        address: if nbytes == 0 { 0 } else { address },
     })
 }
 

@@ -741,6 +741,18 @@ static void test_views_and_dlpack(dsrs_accelerator *a, const char *label) {
   void *data = NULL;
   REQUIRE_OK(dsrs_buffer_data(b, &data));
 
+  /* DLPack: an empty tensor's data pointer is NULL, even at an offset inside the buffer. */
+  {
+    int64_t empty_shape[2] = {rows, 0};
+    DLTensor e;
+    DLManagedTensor *m = NULL;
+    CHECK_OK(dsrs_buffer_view(b, 4, (DLDataType){kDLFloat, 32, 1}, empty_shape, 2, &e));
+    CHECK(e.data == NULL && e.ndim == 2 && e.shape[1] == 0);
+    REQUIRE_OK(dsrs_buffer_to_dlpack(b, 4, (DLDataType){kDLFloat, 32, 1}, empty_shape, 2, &m));
+    CHECK(m->dl_tensor.data == NULL);
+    m->deleter(m);
+  }
+
   DLTensor v;
   REQUIRE_OK(dsrs_buffer_view(b, pad, dt(kDLFloat, 32), shape, 2, &v));
   CHECK(v.data == (char *)data + pad);
