@@ -327,9 +327,18 @@ pub fn current() -> Result<Arc<dyn Accelerator>> {
     if let Some(c) = guard.as_ref() {
         return Ok(Arc::clone(&c.accel));
     }
+    // Reset by a guard, so a provider that panics (the C boundary catches it) does not leave
+    // this thread marked as selecting forever.
+    struct Selecting;
+    impl Drop for Selecting {
+        fn drop(&mut self) {
+            SELECTING.with(|s| s.set(false));
+        }
+    }
     SELECTING.with(|s| s.set(true));
+    let selecting = Selecting;
     let chosen = select();
-    SELECTING.with(|s| s.set(false));
+    drop(selecting);
     let (accel, selection) = chosen?;
     let reason = selection.reason.clone();
     *guard = Some(Current {
