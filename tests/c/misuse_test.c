@@ -462,6 +462,125 @@ int main(void) {
     ABUSE_OK("... the library still works after the panic", ok);
   }
 
+  printf("-- every other entry point: stale, wrong-type and NULL arguments\n");
+  {
+    /* Freed handles of every type. */
+    dsrs_accelerator *dead_acc = NULL;
+    dsrs_buffer *dead_buf = NULL;
+    dsrs_stream *dead_stream = NULL, *live_stream = NULL;
+    dsrs_event *dead_ev = NULL;
+    REQUIRE_OK(dsrs_accelerator_new("cpu", NULL, &dead_acc));
+    REQUIRE_OK(dsrs_buffer_new(acc, 64, 0, DSRS_MEMORY_DEVICE, &dead_buf));
+    REQUIRE_OK(dsrs_stream_new(acc, &dead_stream));
+    REQUIRE_OK(dsrs_event_new(acc, true, &dead_ev));
+    REQUIRE_OK(dsrs_stream_new(acc, &live_stream));
+    CHECK_OK(dsrs_accelerator_free(dead_acc));
+    CHECK_OK(dsrs_buffer_free(dead_buf));
+    CHECK_OK(dsrs_stream_free(dead_stream));
+    CHECK_OK(dsrs_event_free(dead_ev));
+    dsrs_accelerator *buf_as_acc = (dsrs_accelerator *)(void *)buf;
+    uint64_t u64 = 0;
+    int32_t i32 = 0;
+    bool flag = false;
+    void *ptr = NULL;
+    dsrs_memory_kind kind = 0;
+    dsrs_stream *got_stream = NULL;
+    dsrs_accelerator *got_acc = NULL;
+    DLManagedTensorVersioned *mtv = NULL;
+    double ms = 0;
+
+    ABUSE("available_memory on a freed accelerator", dsrs_accelerator_available_memory(dead_acc, -1, &u64),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_available_memory", "'accel'", "stale");
+    ABUSE("memory_allocated with NULL out", dsrs_accelerator_memory_allocated(acc, -1, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_memory_allocated", "'out'");
+    ABUSE("max_memory_allocated on device 999", dsrs_accelerator_max_memory_allocated(acc, 999, &u64),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_max_memory_allocated", "device 999");
+    ABUSE("memory_reserved on a buffer handle", dsrs_accelerator_memory_reserved(buf_as_acc, -1, &u64),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_accelerator_memory_reserved", "dsrs_buffer");
+    ABUSE("max_memory_reserved on device -2", dsrs_accelerator_max_memory_reserved(acc, -2, &u64),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_max_memory_reserved", "'device'", "-2");
+    ABUSE("reset_peak_memory_stats on device 999", dsrs_accelerator_reset_peak_memory_stats(acc, 999),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_reset_peak_memory_stats", "device 999");
+    ABUSE("synchronize device 999", dsrs_accelerator_synchronize(acc, 999), DSRS_STATUS_OUT_OF_RANGE,
+          "dsrs_accelerator_synchronize", "device 999");
+    ABUSE("empty_cache on a freed accelerator", dsrs_accelerator_empty_cache(dead_acc),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_empty_cache", "'accel'");
+    ABUSE("memory_stats_json on device -2",
+          dsrs_accelerator_memory_stats_json(acc, -2, text, sizeof text, &n), DSRS_STATUS_OUT_OF_RANGE,
+          "dsrs_accelerator_memory_stats_json", "'device'");
+    ABUSE("info_json with NULL 'needed'", dsrs_accelerator_info_json(acc, text, sizeof text, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_info_json", "'needed'");
+    ABUSE("communication_backend on a freed accelerator",
+          dsrs_accelerator_communication_backend(dead_acc, text, sizeof text, &n),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_communication_backend", "'accel'");
+    ABUSE("names into a 2-byte buffer", dsrs_accelerator_names(text, 2, &n),
+          DSRS_STATUS_BUFFER_TOO_SMALL, "dsrs_accelerator_names", "2 bytes");
+    ABUSE("current_device with NULL out", dsrs_accelerator_current_device(acc, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_current_device", "'out'");
+    ABUSE("device_type on a buffer handle", dsrs_accelerator_device_type(buf_as_acc, &i32),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_accelerator_device_type", "dsrs_buffer");
+    ABUSE("is_available with NULL out", dsrs_accelerator_is_available(acc, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_is_available", "'out'");
+    ABUSE("is_synchronized_device on a freed accelerator",
+          dsrs_accelerator_is_synchronized_device(dead_acc, &flag), DSRS_STATUS_STALE_HANDLE,
+          "dsrs_accelerator_is_synchronized_device", "'accel'");
+    ABUSE("is_bf16_supported with NULL out", dsrs_accelerator_is_bf16_supported(acc, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_is_bf16_supported", "'out'");
+    ABUSE("is_fp16_supported on a freed accelerator", dsrs_accelerator_is_fp16_supported(dead_acc, &flag),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_is_fp16_supported", "'accel'");
+    ABUSE("dtype_supported with NULL 'native'",
+          dsrs_accelerator_dtype_supported(acc, dt(kDLFloat, 32, 1), &flag, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_dtype_supported", "'native'");
+    ABUSE("dtype_supported of code 99", dsrs_accelerator_dtype_supported(acc, dt(99, 32, 1), &flag, &flag),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_accelerator_dtype_supported", "dtype.code 99");
+    ABUSE("initial_seed with NULL out", dsrs_accelerator_initial_seed(acc, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_initial_seed", "'out'");
+    ABUSE("is_pinned with NULL out", dsrs_accelerator_is_pinned(acc, data, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_is_pinned", "'out'");
+    ABUSE("default_stream with NULL out", dsrs_accelerator_default_stream(acc, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_default_stream", "'out'");
+    ABUSE("current_stream of a freed accelerator", dsrs_accelerator_current_stream(dead_acc, &got_stream),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_accelerator_current_stream", "'accel'");
+    ABUSE("buffer_data of a freed buffer", dsrs_buffer_data(dead_buf, &ptr), DSRS_STATUS_STALE_HANDLE,
+          "dsrs_buffer_data", "'buf'", "stale dsrs_buffer");
+    ABUSE("buffer_kind of an accelerator handle", dsrs_buffer_kind((dsrs_buffer *)(void *)acc, &kind),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_buffer_kind", "dsrs_accelerator");
+    ABUSE("buffer_device with NULL out", dsrs_buffer_device(buf, NULL), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_buffer_device", "'out'");
+    ABUSE("buffer_accelerator of a freed buffer", dsrs_buffer_accelerator(dead_buf, &got_acc),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_buffer_accelerator", "'buf'");
+    ABUSE("to_dlpack_versioned with NULL out",
+          dsrs_buffer_to_dlpack_versioned(buf, 0, dt(kDLFloat, 32, 1), shape2, 2, false, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_buffer_to_dlpack_versioned", "'out'");
+    int64_t too_big[2] = {(int64_t)size, 8}; /* 8 * size float64 > size bytes */
+    ABUSE("to_dlpack_versioned larger than the buffer",
+          dsrs_buffer_to_dlpack_versioned(buf, 0, dt(kDLFloat, 64, 1), too_big, 2, true, &mtv),
+          DSRS_STATUS_OUT_OF_RANGE, "dsrs_buffer_to_dlpack_versioned", "exceed");
+    CHECK(mtv == NULL); /* not written on failure */
+    ABUSE("stream_query of a freed stream", dsrs_stream_query(dead_stream, &flag),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_stream_query", "'stream'");
+    ABUSE("stream_native_handle with NULL out", dsrs_stream_native_handle(live_stream, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_stream_native_handle", "'out'");
+    ABUSE("stream_wait_event with a NULL event", dsrs_stream_wait_event(live_stream, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_stream_wait_event", "'event'");
+    ABUSE("stream_wait_event on a freed event", dsrs_stream_wait_event(live_stream, dead_ev),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_stream_wait_event", "'event'");
+    ABUSE("event_query of a freed event", dsrs_event_query(dead_ev, &flag), DSRS_STATUS_STALE_HANDLE,
+          "dsrs_event_query", "'event'");
+    ABUSE("event_synchronize on a stream handle",
+          dsrs_event_synchronize((dsrs_event *)(void *)live_stream), DSRS_STATUS_WRONG_HANDLE_TYPE,
+          "dsrs_event_synchronize", "dsrs_stream");
+    ABUSE("event_elapsed_ms with a freed end event", dsrs_event_elapsed_ms(ev, dead_ev, &ms),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_event_elapsed_ms", "'end'");
+    ABUSE("get_log_level with NULL out", dsrs_get_log_level(NULL), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_get_log_level", "'out'");
+    ABUSE_OK("set_log_callback(NULL, NULL) restores standard error",
+             dsrs_set_log_callback(NULL, NULL) == DSRS_STATUS_OK);
+    ABUSE_OK("clear_last_error forgets the message",
+             dsrs_clear_last_error() == DSRS_STATUS_OK && strcmp(last_error(), "") == 0);
+    CHECK_OK(dsrs_stream_free(live_stream));
+  }
+
   CHECK_OK(dsrs_event_free(ev));
   CHECK_OK(dsrs_buffer_free(buf));
   CHECK_OK(dsrs_accelerator_free(other));
