@@ -253,6 +253,37 @@ enum dsrs_status
    */
   DSRS_STATUS_DEVICE_ERROR = 404,
   /**
+   * An op failed to compile; the message has the command, the compiler's first lines of
+   * output and the path of the full log.
+   */
+  DSRS_STATUS_BUILD_FAILED = 500,
+  /**
+   * An op cannot be built or loaded here (no C++ compiler, compiler too old, no NVRTC,
+   * compute capability too low); the message lists every reason.
+   */
+  DSRS_STATUS_OP_INCOMPATIBLE = 501,
+  /**
+   * No op has that name.
+   */
+  DSRS_STATUS_UNKNOWN_OP = 502,
+  /**
+   * A built op could not be loaded (dlopen failed, wrong op ABI version, a declared
+   * symbol missing).
+   */
+  DSRS_STATUS_LOAD_FAILED = 503,
+  /**
+   * The op cache directory is not private (owned by another user, or writable by others).
+   */
+  DSRS_STATUS_UNSAFE_CACHE = 504,
+  /**
+   * The op has no such symbol.
+   */
+  DSRS_STATUS_SYMBOL_NOT_FOUND = 505,
+  /**
+   * Waiting for another process's build of the same op timed out.
+   */
+  DSRS_STATUS_LOCK_TIMEOUT = 506,
+  /**
    * An internal invariant was violated (a bug: please report it).
    */
   DSRS_STATUS_INTERNAL = 900,
@@ -286,6 +317,12 @@ typedef struct dsrs_buffer dsrs_buffer;
  * An event of an accelerator; freed with `dsrs_event_free`. Thread-safe.
  */
 typedef struct dsrs_event dsrs_event;
+
+/**
+ * A loaded op (built-in or defined at run time), from `dsrs_op_load`; freed with
+ * `dsrs_op_free`. The op's code stays loaded for the life of the process. Thread-safe.
+ */
+typedef struct dsrs_op dsrs_op;
 
 /**
  * A stream of an accelerator; freed with `dsrs_stream_free`. Thread-safe.
@@ -856,6 +893,97 @@ dsrs_status dsrs_report_json(char *buf, size_t len, size_t *needed);
  * usable afterwards.
  */
 dsrs_status dsrs_debug_panic(const char *message);
+
+/**
+ * Defines (or redefines) an op at run time from a JSON description, so a host can build
+ * and load its own kernels through the same cache and ABI as the built-in ops:
+ *
+ * ```json
+ * { "name": "my_op", "kind": "cpu",
+ *   "sources": [ { "name": "my_op.cpp", "text": "..." }, { "path": "/abs/other.cpp" } ],
+ *   "headers": [ { "name": "my_op.h", "text": "..." } ],
+ *   "include_dirs": ["/abs/include"], "defines": { "N": "4" }, "flags": ["-ffast-math"],
+ *   "symbols": ["my_op_run"], "min_compute_capability": "8.0" }
+ * ```
+ * Only `name` (lowercase letters, digits, `_`) and `sources` are required; `kind` is
+ * `"cpu"` (default) or `"cuda"` (one source). Sources may `#include "dsrs_op.h"` for
+ * `DSRS_OP_EXPORT` and `DSRS_SIMD_LEVEL`; every symbol listed in `symbols` must be
+ * exported (`extern "C"`), which is checked after each build. Built-in ops cannot be
+ * redefined. Errors: `DSRS_STATUS_INVALID_JSON`, `DSRS_STATUS_INVALID_CONFIG` (naming the
+ * field).
+ */
+dsrs_status dsrs_op_define(const char *spec_json);
+
+/**
+ * Loads op `name`, building it if needed, and writes a new handle to `*out` (free it with
+ * `dsrs_op_free`). In order of preference: the op compiled into the library
+ * (`DSRS_BUILD_OPS=1`) when this CPU can run it; the cache's build after its SHA-256 is
+ * verified (a tampered artifact is rebuilt with a warning); a fresh build under a per-key
+ * lock (concurrent processes compile once). `options_json` may be NULL or an object with
+ * any of: `portable`, `debug`, `force_rebuild`, `prebuilt` (booleans), `cuda_arch`
+ * (`"sm_90"`, `"compute_80"`), `nvcc` (boolean), `lock_timeout_s` (number), `cache_dir`
+ * (absolute path). Errors: `DSRS_STATUS_UNKNOWN_OP`, `DSRS_STATUS_OP_INCOMPATIBLE` (every
+ * reason, e.g. the C++ compiler named by `CXX` is missing), `DSRS_STATUS_BUILD_FAILED`
+ * (the command, the compiler's first lines of output, the full log's path),
+ * `DSRS_STATUS_UNSAFE_CACHE`, `DSRS_STATUS_LOAD_FAILED`, `DSRS_STATUS_LOCK_TIMEOUT`.
+ */
+dsrs_status dsrs_op_load(const char *name, const char *options_json, struct dsrs_op **out);
+
+/**
+ * Releases an op handle. The op's code stays loaded for the life of the process, so
+ * symbol addresses obtained from it remain valid.
+ */
+dsrs_status dsrs_op_free(struct dsrs_op *op);
+
+/**
+ * The address of exported symbol `symbol` of a CPU op (a function or a variable; cast it
+ * to its real type). Valid for the life of the process. Errors:
+ * `DSRS_STATUS_SYMBOL_NOT_FOUND` (the message lists the op's declared symbols),
+ * `DSRS_STATUS_INVALID_ARGUMENT` for a CUDA op (use `dsrs_op_kernel`).
+ */
+dsrs_status dsrs_op_symbol(const struct dsrs_op *op, const char *symbol, void **out);
+
+/**
+ * The kernel `symbol` of a CUDA op as a `CUfunction` (written as `void*`) in the primary
+ * context of CUDA device `device`, loading the op's module there on first use; launch it
+ * with `cuLaunchKernel`. Errors: `DSRS_STATUS_UNAVAILABLE` without a CUDA device,
+ * `DSRS_STATUS_SYMBOL_NOT_FOUND`, `DSRS_STATUS_INVALID_ARGUMENT` for a CPU op.
+ */
+dsrs_status dsrs_op_kernel(const struct dsrs_op *op,
+                           int32_t device,
+                           const char *symbol,
+                           void **out);
+
+/**
+ * The compiled image of a CUDA op (CUBIN, or PTX text without a NUL), for hosts that load
+ * modules themselves. `*data` stays valid for the life of the process. Errors:
+ * `DSRS_STATUS_INVALID_ARGUMENT` for a CPU op.
+ */
+dsrs_status dsrs_op_image(const struct dsrs_op *op, const uint8_t **data, size_t *len);
+
+/**
+ * A JSON description of a loaded op: `name`, `kind`, `origin` (`"prebuilt"`, `"cached"`
+ * or `"built"`), `key`, `target` (`"native:avx512"`, `"sm_90"`, ...), `dir`, `manifest`
+ * (with the artifact's SHA-256 and the build command), `symbols`, `load_ms`. Two-call
+ * output, as `dsrs_report_json`.
+ */
+dsrs_status dsrs_op_info_json(const struct dsrs_op *op, char *buf, size_t len, size_t *needed);
+
+/**
+ * Every registered op (built-in, then defined at run time) as a JSON array of objects
+ * with `name`, `kind`, `builtin`, `description`, `prebuilt`, `incompatible` (the reasons;
+ * empty when compatible), `cached` and `key`, for the build options in `options_json`
+ * (NULL: defaults). Two-call output.
+ */
+dsrs_status dsrs_op_list_json(const char *options_json, char *buf, size_t len, size_t *needed);
+
+/**
+ * The op cache directory in force (`DSRS_CACHE_DIR`, else `$XDG_CACHE_HOME/deepspeed_rs`,
+ * else `~/.cache/deepspeed_rs`), created private if missing. Errors:
+ * `DSRS_STATUS_UNSAFE_CACHE` when it is owned by someone else or writable by others (the
+ * message says how to fix it). Two-call output.
+ */
+dsrs_status dsrs_op_cache_dir(char *buf, size_t len, size_t *needed);
 
 /**
  * A new stream on the current device. Free with `dsrs_stream_free`.

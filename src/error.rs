@@ -36,6 +36,21 @@ pub enum ErrorKind {
     Unsupported,
     /// A device or driver call failed.
     Device,
+    /// An op failed to compile (the message has the command, the compiler's first lines
+    /// and the full log's path).
+    BuildFailed,
+    /// An op cannot be built or loaded on this machine (no compiler, no NVRTC, ...).
+    Incompatible,
+    /// No op has this name.
+    UnknownOp,
+    /// A built op could not be loaded (dlopen failed, wrong op ABI, missing symbol).
+    LoadFailed,
+    /// The op cache directory is not private to this user.
+    UnsafeCache,
+    /// A built op does not export the symbol asked for.
+    SymbolNotFound,
+    /// Waiting for another process's build of the same op timed out.
+    LockTimeout,
     /// An internal invariant was violated (a bug in deepspeed_rs).
     Internal,
 }
@@ -104,6 +119,44 @@ pub enum Error {
     /// See [`ErrorKind::Device`].
     #[error("{0}")]
     Device(String),
+    /// See [`ErrorKind::BuildFailed`].
+    #[error("{0}")]
+    BuildFailed(String),
+    /// See [`ErrorKind::Incompatible`].
+    #[error("op '{op}' is not compatible with this machine: {}", reasons.join("; "))]
+    Incompatible {
+        /// The op.
+        op: String,
+        /// Every reason, each a full sentence naming what is missing.
+        reasons: Vec<String>,
+    },
+    /// See [`ErrorKind::UnknownOp`].
+    #[error("no op is named '{name}'; known ops: {}", known.join(", "))]
+    UnknownOp {
+        /// The name asked for.
+        name: String,
+        /// Every registered op.
+        known: Vec<String>,
+    },
+    /// See [`ErrorKind::LoadFailed`].
+    #[error("{0}")]
+    LoadFailed(String),
+    /// See [`ErrorKind::UnsafeCache`].
+    #[error("{0}")]
+    UnsafeCache(String),
+    /// See [`ErrorKind::SymbolNotFound`].
+    #[error("op '{op}' has no symbol '{symbol}'{hint}")]
+    SymbolNotFound {
+        /// The op.
+        op: String,
+        /// The symbol asked for.
+        symbol: String,
+        /// Extra help: the symbols it declares.
+        hint: String,
+    },
+    /// See [`ErrorKind::LockTimeout`].
+    #[error("{0}")]
+    LockTimeout(String),
     /// See [`ErrorKind::Internal`].
     #[error("internal error: {0}")]
     Internal(String),
@@ -125,6 +178,13 @@ impl Error {
             Error::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Device(_) => ErrorKind::Device,
+            Error::BuildFailed(_) => ErrorKind::BuildFailed,
+            Error::Incompatible { .. } => ErrorKind::Incompatible,
+            Error::UnknownOp { .. } => ErrorKind::UnknownOp,
+            Error::LoadFailed(_) => ErrorKind::LoadFailed,
+            Error::UnsafeCache(_) => ErrorKind::UnsafeCache,
+            Error::SymbolNotFound { .. } => ErrorKind::SymbolNotFound,
+            Error::LockTimeout(_) => ErrorKind::LockTimeout,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

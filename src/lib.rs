@@ -12,6 +12,9 @@
 //!   accelerator surface), the factory that detects and selects one
 //!   (`DSRS_ACCELERATOR` override), the CPU accelerator, CUDA detection, device buffers,
 //!   streams, events and the Philox random-number generator.
+//! * [`ops`] — the op-builder registry and its JIT: C++ ops compiled by the system compiler,
+//!   CUDA ops by NVRTC, cached per user (verified by SHA-256, built once under a per-key
+//!   lock), or compiled in ahead of time (`DSRS_BUILD_OPS=1`).
 //! * [`report`] — the environment report behind `dsrs report`.
 //! * [`log`] — the library's logging (stderr by default, or a host callback).
 //! * [`dtype`] and [`dlpack`] — data types and the DLPack structures tensors cross the ABI as.
@@ -38,6 +41,7 @@ pub mod dtype;
 pub mod error;
 pub mod ffi;
 pub mod log;
+pub mod ops;
 pub mod report;
 
 pub use error::{Error, ErrorKind, Result};

@@ -6,6 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::accelerator::{self, Candidate, Selection, cpu::cpu_info, cuda};
+use crate::ops;
 
 /// Everything `dsrs report` shows.
 #[derive(Debug, Clone)]
@@ -16,6 +17,10 @@ pub struct Report {
     pub selection: Option<Selection>,
     /// Every accelerator considered, in detection order.
     pub candidates: Vec<Candidate>,
+    /// Every op: prebuilt, compatible (or why not), cached.
+    pub ops: Vec<ops::OpStatus>,
+    /// The build environment: compiler, NVRTC, CUDA driver, cache, SIMD level.
+    pub build: Value,
 }
 
 impl Report {
@@ -28,6 +33,8 @@ impl Report {
             accelerator,
             selection: accelerator::selection(),
             candidates: accelerator::probe_all(),
+            ops: ops::status_all(&ops::BuildOptions::default()),
+            build: ops::environment(&ops::BuildOptions::default()),
         }
     }
 
@@ -62,8 +69,13 @@ impl Report {
                 "device_count": cuda.device_count,
                 "reason": cuda.reason,
             },
+            "ops": self.ops,
+            "build_environment": self.build,
             "environment": {
                 "DSRS_ACCELERATOR": std::env::var("DSRS_ACCELERATOR").ok(),
+                "DSRS_CACHE_DIR": std::env::var("DSRS_CACHE_DIR").ok(),
+                "CXX": std::env::var("CXX").ok(),
+                "DSRS_NVRTC_LIB": std::env::var("DSRS_NVRTC_LIB").ok(),
                 "DSRS_LOG": std::env::var("DSRS_LOG").ok(),
                 "LOCAL_SIZE": std::env::var("LOCAL_SIZE").ok(),
             },
@@ -164,6 +176,7 @@ impl Report {
             ),
         };
         line(&mut out, "cuda", &cuda_text);
+        out.push_str(&self.ops_text(&rule));
         out.push_str(&format!("{rule}\n"));
         line(
             &mut out,
@@ -183,6 +196,104 @@ impl Report {
                 env!("DSRS_BUILD_TARGET"),
                 env!("DSRS_BUILD_PROFILE")
             ),
+        );
+        out
+    }
+}
+
+impl Report {
+    /// DeepSpeed's op table and the build environment, as text.
+    fn ops_text(&self, rule: &str) -> String {
+        let mut out = String::new();
+        let yes_no = |b: bool| if b { "[YES]" } else { "[NO]" };
+        out.push_str(&format!(
+            "{rule}\nop name ............ prebuilt .. compatible .. cached\n{rule}\n"
+        ));
+        for op in &self.ops {
+            let dots = ".".repeat(19usize.saturating_sub(op.name.len()).max(2));
+            let compat = if op.incompatible.is_empty() {
+                "[OKAY]"
+            } else {
+                "[NO]"
+            };
+            out.push_str(&format!(
+                "{} {dots} {:<6} .... {:<6} ...... {}\n",
+                op.name,
+                yes_no(op.prebuilt),
+                compat,
+                yes_no(op.cached)
+            ));
+            for why in &op.incompatible {
+                out.push_str(&format!("    {why}\n"));
+            }
+        }
+        out.push_str(&format!("{rule}\n"));
+        let b = &self.build;
+        let line = |out: &mut String, key: &str, val: String| {
+            let dots = ".".repeat(24usize.saturating_sub(key.len()).max(2));
+            out.push_str(&format!("{key} {dots} {val}\n"));
+        };
+        let c = &b["compiler"];
+        line(
+            &mut out,
+            "c++ compiler",
+            match c["error"].as_str() {
+                Some(e) => format!("NOT FOUND: {e}"),
+                None => format!(
+                    "{} ({}; {}; OpenMP {})",
+                    c["version"].as_str().unwrap_or("?"),
+                    c["path"].as_str().unwrap_or("?"),
+                    c["origin"].as_str().unwrap_or("?"),
+                    if c["openmp"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                ),
+            },
+        );
+        let n = &b["nvrtc"];
+        line(
+            &mut out,
+            "nvrtc",
+            match n["error"].as_str() {
+                Some(e) => format!("not available: {e}"),
+                None => format!(
+                    "{}{}",
+                    n["version"].as_str().unwrap_or("?"),
+                    n["library"]
+                        .as_str()
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default()
+                ),
+            },
+        );
+        line(
+            &mut out,
+            "cuda driver",
+            b["cuda_driver"]
+                .as_str()
+                .unwrap_or("not loaded")
+                .to_string(),
+        );
+        let cache = &b["cache"];
+        line(
+            &mut out,
+            "op cache",
+            match cache["error"].as_str() {
+                Some(e) => format!("UNUSABLE: {e}"),
+                None => cache["dir"].as_str().unwrap_or("?").to_string(),
+            },
+        );
+        line(
+            &mut out,
+            "simd level",
+            b["simd"].as_str().unwrap_or("?").to_string(),
+        );
+        line(
+            &mut out,
+            "cpu op target",
+            b["cpu_target"].as_str().unwrap_or("?").to_string(),
         );
         out
     }

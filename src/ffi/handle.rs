@@ -70,6 +70,7 @@ const TAG_NAMES: &[(u8, &str)] = &[
     (0xA2, "dsrs_buffer"),
     (0xA3, "dsrs_stream"),
     (0xA4, "dsrs_event"),
+    (0xA5, "dsrs_op"),
 ];
 
 fn encode(tag: u8, index: u32, generation: u32) -> usize {

@@ -24,6 +24,7 @@ pub mod accelerator;
 pub mod buffer;
 pub mod common;
 pub(crate) mod handle;
+pub mod ops;
 pub mod status;
 pub mod stream;
 
@@ -333,6 +334,12 @@ pub struct dsrs_event {
     _private: [u8; 0],
 }
 
+/// A loaded op (built-in or defined at run time), from `dsrs_op_load`; freed with
+/// `dsrs_op_free`. The op's code stays loaded for the life of the process. Thread-safe.
+pub struct dsrs_op {
+    _private: [u8; 0],
+}
+
 macro_rules! handle_registry {
     ($name:ident, $target:ty, $tag:expr, $registry:ident) => {
         static $registry: handle::Registry<$target> = handle::Registry::new();
@@ -356,6 +363,7 @@ handle_registry!(
 handle_registry!(dsrs_buffer, crate::accelerator::Buffer, 0xA2, BUFFERS);
 handle_registry!(dsrs_stream, stream::StreamObject, 0xA3, STREAMS);
 handle_registry!(dsrs_event, stream::EventObject, 0xA4, EVENTS);
+handle_registry!(dsrs_op, crate::ops::LoadedOp, 0xA5, OPS);
 
 #[cfg(test)]
 mod tests {

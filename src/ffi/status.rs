@@ -49,6 +49,23 @@ pub enum dsrs_status {
     DSRS_STATUS_UNSUPPORTED = 403,
     /// A device or driver call failed.
     DSRS_STATUS_DEVICE_ERROR = 404,
+    /// An op failed to compile; the message has the command, the compiler's first lines of
+    /// output and the path of the full log.
+    DSRS_STATUS_BUILD_FAILED = 500,
+    /// An op cannot be built or loaded here (no C++ compiler, compiler too old, no NVRTC,
+    /// compute capability too low); the message lists every reason.
+    DSRS_STATUS_OP_INCOMPATIBLE = 501,
+    /// No op has that name.
+    DSRS_STATUS_UNKNOWN_OP = 502,
+    /// A built op could not be loaded (dlopen failed, wrong op ABI version, a declared
+    /// symbol missing).
+    DSRS_STATUS_LOAD_FAILED = 503,
+    /// The op cache directory is not private (owned by another user, or writable by others).
+    DSRS_STATUS_UNSAFE_CACHE = 504,
+    /// The op has no such symbol.
+    DSRS_STATUS_SYMBOL_NOT_FOUND = 505,
+    /// Waiting for another process's build of the same op timed out.
+    DSRS_STATUS_LOCK_TIMEOUT = 506,
     /// An internal invariant was violated (a bug: please report it).
     DSRS_STATUS_INTERNAL = 900,
     /// A Rust panic was caught at the C boundary (a bug: please report it).
@@ -58,7 +75,7 @@ pub enum dsrs_status {
 use dsrs_status::*;
 
 /// Every status, in numeric order.
-pub(crate) const ALL_STATUSES: [dsrs_status; 21] = [
+pub(crate) const ALL_STATUSES: [dsrs_status; 28] = [
     DSRS_STATUS_OK,
     DSRS_STATUS_NULL_ARGUMENT,
     DSRS_STATUS_INVALID_ARGUMENT,
@@ -78,6 +95,13 @@ pub(crate) const ALL_STATUSES: [dsrs_status; 21] = [
     DSRS_STATUS_OUT_OF_MEMORY,
     DSRS_STATUS_UNSUPPORTED,
     DSRS_STATUS_DEVICE_ERROR,
+    DSRS_STATUS_BUILD_FAILED,
+    DSRS_STATUS_OP_INCOMPATIBLE,
+    DSRS_STATUS_UNKNOWN_OP,
+    DSRS_STATUS_LOAD_FAILED,
+    DSRS_STATUS_UNSAFE_CACHE,
+    DSRS_STATUS_SYMBOL_NOT_FOUND,
+    DSRS_STATUS_LOCK_TIMEOUT,
     DSRS_STATUS_INTERNAL,
     DSRS_STATUS_PANIC,
 ];
@@ -110,6 +134,13 @@ impl dsrs_status {
             DSRS_STATUS_OUT_OF_MEMORY => "DSRS_STATUS_OUT_OF_MEMORY\0",
             DSRS_STATUS_UNSUPPORTED => "DSRS_STATUS_UNSUPPORTED\0",
             DSRS_STATUS_DEVICE_ERROR => "DSRS_STATUS_DEVICE_ERROR\0",
+            DSRS_STATUS_BUILD_FAILED => "DSRS_STATUS_BUILD_FAILED\0",
+            DSRS_STATUS_OP_INCOMPATIBLE => "DSRS_STATUS_OP_INCOMPATIBLE\0",
+            DSRS_STATUS_UNKNOWN_OP => "DSRS_STATUS_UNKNOWN_OP\0",
+            DSRS_STATUS_LOAD_FAILED => "DSRS_STATUS_LOAD_FAILED\0",
+            DSRS_STATUS_UNSAFE_CACHE => "DSRS_STATUS_UNSAFE_CACHE\0",
+            DSRS_STATUS_SYMBOL_NOT_FOUND => "DSRS_STATUS_SYMBOL_NOT_FOUND\0",
+            DSRS_STATUS_LOCK_TIMEOUT => "DSRS_STATUS_LOCK_TIMEOUT\0",
             DSRS_STATUS_INTERNAL => "DSRS_STATUS_INTERNAL\0",
             DSRS_STATUS_PANIC => "DSRS_STATUS_PANIC\0",
         }
@@ -137,6 +168,13 @@ impl From<ErrorKind> for dsrs_status {
             ErrorKind::OutOfMemory => DSRS_STATUS_OUT_OF_MEMORY,
             ErrorKind::Unsupported => DSRS_STATUS_UNSUPPORTED,
             ErrorKind::Device => DSRS_STATUS_DEVICE_ERROR,
+            ErrorKind::BuildFailed => DSRS_STATUS_BUILD_FAILED,
+            ErrorKind::Incompatible => DSRS_STATUS_OP_INCOMPATIBLE,
+            ErrorKind::UnknownOp => DSRS_STATUS_UNKNOWN_OP,
+            ErrorKind::LoadFailed => DSRS_STATUS_LOAD_FAILED,
+            ErrorKind::UnsafeCache => DSRS_STATUS_UNSAFE_CACHE,
+            ErrorKind::SymbolNotFound => DSRS_STATUS_SYMBOL_NOT_FOUND,
+            ErrorKind::LockTimeout => DSRS_STATUS_LOCK_TIMEOUT,
             ErrorKind::Internal => DSRS_STATUS_INTERNAL,
         }
     }

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "check.h"
+#include "tmpdir.h"
 
 static int abuse_count = 0;
 
@@ -581,6 +582,152 @@ int main(void) {
     CHECK_OK(dsrs_stream_free(live_stream));
   }
 
+  printf("-- ops (dsrs_op_*): NULL, stale, wrong-type and malformed arguments\n");
+  {
+    /* One tiny op, built into a private cache (the library refuses caches others can write). */
+    char *root = test_tmpdir_new("dsrs_misuse_ops");
+    char options[1024];
+    snprintf(options, sizeof options, "{\"cache_dir\": \"%s/cache\"}", root);
+    /* Calls without options use $DSRS_CACHE_DIR: private too, never the user's cache. */
+    char env_cache[1024];
+    snprintf(env_cache, sizeof env_cache, "%s/env-cache", root);
+    const char *saved_env = getenv("DSRS_CACHE_DIR");
+    char *keep_env = saved_env != NULL ? strdup(saved_env) : NULL;
+    REQUIRE(setenv("DSRS_CACHE_DIR", env_cache, 1) == 0);
+    REQUIRE_OK(dsrs_op_define(
+        "{\"name\": \"dsrs_misuse_op\", \"sources\": [{\"name\": \"m.cpp\", \"text\":"
+        " \"#include \\\"dsrs_op.h\\\"\\nDSRS_OP_EXPORT int dsrs_misuse_answer(void) { return 42; }\\n\"}],"
+        " \"symbols\": [\"dsrs_misuse_answer\"]}"));
+    dsrs_op *op = NULL, *dead_op = NULL, *never_op = NULL;
+    REQUIRE_OK(dsrs_op_load("dsrs_misuse_op", options, &op));
+    REQUIRE_OK(dsrs_op_load("dsrs_misuse_op", options, &dead_op));
+    REQUIRE_OK(dsrs_op_free(dead_op));
+    dsrs_op *buf_as_op = (dsrs_op *)(void *)buf;
+    void *sym = NULL;
+    const uint8_t *image = NULL;
+    size_t image_len = 0;
+
+    ABUSE("op_define with NULL spec", dsrs_op_define(NULL), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_define", "'spec_json'");
+    ABUSE("op_define with invalid UTF-8", dsrs_op_define("{\"name\": \"\xff\"}"),
+          DSRS_STATUS_INVALID_UTF8, "dsrs_op_define", "'spec_json'");
+    ABUSE("op_define with malformed JSON", dsrs_op_define("{\"name\":"), DSRS_STATUS_INVALID_JSON,
+          "dsrs_op_define", "op definition");
+    ABUSE("op_define with an empty name",
+          dsrs_op_define("{\"name\": \"\", \"sources\": [{\"name\": \"a.cpp\", \"text\": \"\"}]}"),
+          DSRS_STATUS_INVALID_CONFIG, "dsrs_op_define", "op name", "invalid");
+    ABUSE("op_load with NULL name", dsrs_op_load(NULL, options, &never_op), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_load", "'name'");
+    ABUSE("op_load with NULL out", dsrs_op_load("dsrs_misuse_op", options, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_op_load", "'out'");
+    ABUSE("op_load with an invalid UTF-8 name", dsrs_op_load("op\xc3", options, &never_op),
+          DSRS_STATUS_INVALID_UTF8, "dsrs_op_load", "'name'");
+    ABUSE("op_load with invalid UTF-8 options", dsrs_op_load("dsrs_misuse_op", "{\"\xfe\": 1}", &never_op),
+          DSRS_STATUS_INVALID_UTF8, "dsrs_op_load", "'options_json'");
+    ABUSE("op_load with options not an object", dsrs_op_load("dsrs_misuse_op", "[true]", &never_op),
+          DSRS_STATUS_INVALID_CONFIG, "dsrs_op_load", "op build options", "JSON object");
+    ABUSE("op_load with lock_timeout_s \"soon\"",
+          dsrs_op_load("dsrs_misuse_op", "{\"lock_timeout_s\": \"soon\"}", &never_op),
+          DSRS_STATUS_INVALID_CONFIG, "dsrs_op_load", "soon");
+    ABUSE("op_load of an unknown op", dsrs_op_load("dsrs_misuse_nope", options, &never_op),
+          DSRS_STATUS_UNKNOWN_OP, "dsrs_op_load", "dsrs_misuse_nope", "cpu_adam", "dsrs_misuse_op");
+    CHECK(never_op == NULL); /* out-params are written only on success */
+    ABUSE_OK("op_free(NULL) is a no-op", dsrs_op_free(NULL) == DSRS_STATUS_OK);
+    ABUSE("double free of an op", dsrs_op_free(dead_op), DSRS_STATUS_STALE_HANDLE, "dsrs_op_free",
+          "'op'", "already freed");
+    ABUSE("buffer freed with dsrs_op_free", dsrs_op_free(buf_as_op), DSRS_STATUS_WRONG_HANDLE_TYPE,
+          "dsrs_op_free", "'op'", "dsrs_buffer", "dsrs_op");
+    ABUSE("garbage pointer (void*)0x1234 as an op",
+          dsrs_op_symbol((const dsrs_op *)(void *)0x1234, "dsrs_misuse_answer", &sym),
+          DSRS_STATUS_INVALID_HANDLE, "dsrs_op_symbol", "'op'", "0x1234", "not a dsrs_op handle");
+    ABUSE("op_symbol on a freed op", dsrs_op_symbol(dead_op, "dsrs_misuse_answer", &sym),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_op_symbol", "'op'", "stale dsrs_op");
+    ABUSE("op_symbol on a buffer handle", dsrs_op_symbol(buf_as_op, "dsrs_misuse_answer", &sym),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_op_symbol", "'op'", "dsrs_buffer", "dsrs_op");
+    ABUSE("op_symbol with NULL symbol", dsrs_op_symbol(op, NULL, &sym), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_symbol", "'symbol'");
+    ABUSE("op_symbol with NULL out", dsrs_op_symbol(op, "dsrs_misuse_answer", NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_op_symbol", "'out'");
+    ABUSE("op_symbol with an invalid UTF-8 symbol", dsrs_op_symbol(op, "f\xff", &sym),
+          DSRS_STATUS_INVALID_UTF8, "dsrs_op_symbol", "'symbol'");
+    ABUSE("op_symbol of a name the op lacks", dsrs_op_symbol(op, "dsrs_misuse_question", &sym),
+          DSRS_STATUS_SYMBOL_NOT_FOUND, "dsrs_op_symbol", "dsrs_misuse_question", "dsrs_misuse_answer");
+    CHECK(sym == NULL);
+    ABUSE("op_kernel on device -1", dsrs_op_kernel(op, -1, "k", &sym), DSRS_STATUS_OUT_OF_RANGE,
+          "dsrs_op_kernel", "'device'", "-1");
+    ABUSE("op_kernel on an accelerator handle",
+          dsrs_op_kernel((const dsrs_op *)(void *)acc, 0, "k", &sym), DSRS_STATUS_WRONG_HANDLE_TYPE,
+          "dsrs_op_kernel", "'op'", "dsrs_accelerator");
+    ABUSE("op_kernel with NULL symbol", dsrs_op_kernel(op, 0, NULL, &sym), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_kernel", "'symbol'");
+    ABUSE("op_kernel of a CPU op", dsrs_op_kernel(op, 0, "dsrs_misuse_answer", &sym),
+          DSRS_STATUS_INVALID_ARGUMENT, "dsrs_op_kernel", "CPU op", "dsrs_op_symbol");
+    ABUSE("op_image with NULL data", dsrs_op_image(op, NULL, &image_len), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_image", "'data'");
+    ABUSE("op_image with NULL len", dsrs_op_image(op, &image, NULL), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_image", "'len'");
+    ABUSE("op_image of a freed op", dsrs_op_image(dead_op, &image, &image_len),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_op_image", "'op'");
+    ABUSE("op_image of a CPU op", dsrs_op_image(op, &image, &image_len), DSRS_STATUS_INVALID_ARGUMENT,
+          "dsrs_op_image", "CPU op");
+    CHECK(sym == NULL && image == NULL && image_len == 0);
+    ABUSE("op_info_json with NULL 'needed'", dsrs_op_info_json(op, text, sizeof text, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_op_info_json", "'needed'");
+    ABUSE("op_info_json into 2 bytes", dsrs_op_info_json(op, text, 2, &n), DSRS_STATUS_BUFFER_TOO_SMALL,
+          "dsrs_op_info_json", "'buf'", "2 bytes");
+    ABUSE("op_info_json (NULL, 5)", dsrs_op_info_json(op, NULL, 5, &n), DSRS_STATUS_NULL_ARGUMENT,
+          "dsrs_op_info_json", "'buf'", "5");
+    ABUSE("op_info_json on an event handle",
+          dsrs_op_info_json((const dsrs_op *)(void *)ev, text, sizeof text, &n),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_op_info_json", "'op'", "dsrs_event");
+    ABUSE("op_info_json of a freed op", dsrs_op_info_json(dead_op, text, sizeof text, &n),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_op_info_json", "'op'");
+    ABUSE("op_list_json with NULL 'needed'", dsrs_op_list_json(options, text, sizeof text, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_op_list_json", "'needed'");
+    ABUSE("op_list_json into 2 bytes", dsrs_op_list_json(options, text, 2, &n),
+          DSRS_STATUS_BUFFER_TOO_SMALL, "dsrs_op_list_json", "2 bytes");
+    ABUSE("op_list_json with malformed options", dsrs_op_list_json("{", text, sizeof text, &n),
+          DSRS_STATUS_INVALID_JSON, "dsrs_op_list_json", "op build options");
+    ABUSE("op_list_json with an unknown option",
+          dsrs_op_list_json("{\"colour\": 1}", text, sizeof text, &n), DSRS_STATUS_INVALID_CONFIG,
+          "dsrs_op_list_json", "colour");
+    ABUSE("op_cache_dir with NULL 'needed'", dsrs_op_cache_dir(text, sizeof text, NULL),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_op_cache_dir", "'needed'");
+    {
+      char two[2] = {'#', '#'};
+      ABUSE("op_cache_dir into 2 bytes", dsrs_op_cache_dir(two, sizeof two, &n),
+            DSRS_STATUS_BUFFER_TOO_SMALL, "dsrs_op_cache_dir", "2 bytes");
+      CHECK(two[0] == '#' && two[1] == '#'); /* untouched */
+    }
+    REQUIRE(setenv("DSRS_CACHE_DIR", "relative/cache", 1) == 0);
+    ABUSE("op_cache_dir with DSRS_CACHE_DIR relative", dsrs_op_cache_dir(text, sizeof text, &n),
+          DSRS_STATUS_INVALID_CONFIG, "dsrs_op_cache_dir", "DSRS_CACHE_DIR", "relative/cache");
+    REQUIRE(setenv("DSRS_CACHE_DIR", env_cache, 1) == 0);
+    ABUSE("live op passed as a buffer", dsrs_buffer_size((dsrs_buffer *)(void *)op, &n),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_buffer_size", "'buf'", "dsrs_op", "dsrs_buffer");
+    ABUSE("live op freed with dsrs_stream_free", dsrs_stream_free((dsrs_stream *)(void *)op),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_stream_free", "'stream'", "dsrs_op");
+    {
+      /* After all that, the op still works. */
+      int (*answer)(void) = NULL;
+      bool ok = dsrs_op_symbol(op, "dsrs_misuse_answer", &sym) == DSRS_STATUS_OK && sym != NULL;
+      if (ok) {
+        memcpy(&answer, &sym, sizeof answer); /* object to function pointer, as dlsym */
+        ok = answer() == 42;
+      }
+      ABUSE_OK("... and the op still works", ok);
+    }
+    CHECK_OK(dsrs_op_free(op));
+    if (keep_env != NULL) {
+      REQUIRE(setenv("DSRS_CACHE_DIR", keep_env, 1) == 0);
+    } else {
+      REQUIRE(unsetenv("DSRS_CACHE_DIR") == 0);
+    }
+    free(keep_env);
+    test_tmpdir_remove(root);
+    free(root);
+  }
+
   CHECK_OK(dsrs_event_free(ev));
   CHECK_OK(dsrs_buffer_free(buf));
   CHECK_OK(dsrs_accelerator_free(other));
@@ -588,6 +735,6 @@ int main(void) {
   free(data);
   free(sink);
   printf("misuse_test: %d abuses checked\n", abuse_count);
-  CHECK(abuse_count >= 35);
+  CHECK(abuse_count >= 160);
   return check_exit_code("misuse_test");
 }

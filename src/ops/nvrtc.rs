@@ -1,0 +1,552 @@
+//! The CUDA JIT: NVRTC (through cudarc, loaded at run time) compiles an op's `.cu` source to
+//! CUBIN (`sm_XY`) or PTX (`compute_XY`) — no nvcc, no toolkit, no ninja. `nvcc` is used
+//! instead when asked (`DSRS_USE_NVCC=1`, or the `nvcc` build option).
+//!
+//! NVRTC is found by cudarc's library names (`libnvrtc.so`, `.so.13`, `.so.12`, ... on the
+//! loader path). `DSRS_NVRTC_LIB=/abs/path/libnvrtc.so.12` preloads a specific one — for
+//! example the `nvidia-cuda-nvrtc-cu12` wheel's — and `$CUDA_HOME/lib64` and
+//! `/usr/local/cuda/lib64` are searched too. A missing NVRTC is an error that says so, never
+//! a panic.
+//!
+//! Kernels compile with no include path: built-in `.cu` files include nothing (they carry
+//! their own fp16/bf16 conversions), so only `libnvrtc` is needed.
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use super::cache::{self, Cache, Manifest};
+use super::jit::{hash_spec, obtain, run_build, write_sources};
+use super::progress::Progress;
+use super::spec::OpSpec;
+use super::{BuildEnv, Code, Hasher, LoadedOp, OP_ABI_VERSION, OpBuilder};
+use crate::error::{Error, Result};
+
+/// What NVRTC is, once found.
+#[derive(Debug, Clone)]
+pub struct NvrtcInfo {
+    /// `(major, minor)` from `nvrtcVersion`.
+    pub version: (i32, i32),
+    /// The preloaded library, when one was (else found by name on the loader path).
+    pub library: Option<PathBuf>,
+    /// The real architectures it can target (`nvrtcGetSupportedArchs`), e.g. `[75, 80, 90]`.
+    pub archs: Vec<i32>,
+}
+
+/// What an architecture string asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchOutput {
+    /// `sm_XY[a|f]`: a CUBIN for that GPU.
+    Cubin,
+    /// `compute_XY[a|f]`: PTX, JIT-compiled by the driver.
+    Ptx,
+}
+
+/// Parses `sm_90`, `sm_90a`, `compute_80`: the compute capability and the output kind.
+pub fn parse_arch(arch: &str) -> Result<((u32, u32), ArchOutput)> {
+    let bad = || {
+        Error::config(format!(
+            "CUDA architecture {arch:?} is not of the form sm_XY or compute_XY (e.g. sm_90, sm_90a, compute_80)"
+        ))
+    };
+    let (rest, out) = if let Some(r) = arch.strip_prefix("sm_") {
+        (r, ArchOutput::Cubin)
+    } else if let Some(r) = arch.strip_prefix("compute_") {
+        (r, ArchOutput::Ptx)
+    } else {
+        return Err(bad());
+    };
+    let digits = rest.trim_end_matches(['a', 'f']);
+    if digits.len() < 2
+        || rest.len() - digits.len() > 1
+        || !digits.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let (maj, min) = digits.split_at(digits.len() - 1);
+    Ok((
+        (
+            maj.parse().map_err(|_| bad())?,
+            min.parse().map_err(|_| bad())?,
+        ),
+        out,
+    ))
+}
+
+fn preload_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(p) = std::env::var_os("DSRS_NVRTC_LIB").filter(|p| !p.is_empty()) {
+        v.push(PathBuf::from(p));
+        return v;
+    }
+    let mut dirs = Vec::new();
+    if let Some(h) = std::env::var_os("CUDA_HOME").or_else(|| std::env::var_os("CUDA_PATH")) {
+        dirs.push(PathBuf::from(h).join("lib64"));
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    for d in dirs {
+        for name in ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"] {
+            let p = d.join(name);
+            if p.exists() {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+fn find() -> std::result::Result<NvrtcInfo, String> {
+    let mut library = None;
+    let explicit = std::env::var_os("DSRS_NVRTC_LIB").is_some_and(|p| !p.is_empty());
+    for p in preload_candidates() {
+        // Loading by absolute path first makes cudarc's later dlopen by SONAME find it.
+        // SAFETY: NVRTC's initializers are benign; the handle is kept for the process.
+        match unsafe {
+            libloading::os::unix::Library::open(
+                Some(&p),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+            )
+        } {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                library = Some(p);
+                break;
+            }
+            Err(e) if explicit => {
+                return Err(format!(
+                    "DSRS_NVRTC_LIB=\"{}\" could not be loaded: {e}",
+                    p.display()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    // SAFETY: only tries to dlopen the candidate names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("libnvrtc.so was not found on the loader path; install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc-cu12`, and point DSRS_NVRTC_LIB at its libnvrtc.so.*".into());
+    }
+    std::panic::catch_unwind(|| {
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: out-params are valid.
+        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+            .result()
+            .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+        let mut n = 0;
+        let mut archs = Vec::new();
+        // SAFETY: n is written, then archs has room for n entries.
+        unsafe {
+            if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n)
+                .result()
+                .is_ok()
+                && n > 0
+            {
+                archs = vec![0; n as usize];
+                let _ = cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr());
+            }
+        }
+        Ok(NvrtcInfo {
+            version: (major, minor),
+            library: library.clone(),
+            archs,
+        })
+    })
+    .unwrap_or_else(|_| {
+        Err("NVRTC could not be loaded (cudarc panicked while resolving it)".into())
+    })
+}
+
+/// NVRTC, found and identified (memoized for the process).
+pub fn info() -> Result<&'static NvrtcInfo> {
+    static INFO: OnceLock<std::result::Result<NvrtcInfo, String>> = OnceLock::new();
+    INFO.get_or_init(find)
+        .as_ref()
+        .map_err(|e| Error::unavailable("NVRTC", e.clone()))
+}
+
+/// `nvcc`, from `CUDA_HOME`/`CUDA_PATH` or `PATH`.
+pub fn find_nvcc() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(h) = std::env::var_os("CUDA_HOME").or_else(|| std::env::var_os("CUDA_PATH")) {
+        candidates.push(PathBuf::from(h).join("bin").join("nvcc"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nvcc")));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/bin/nvcc"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::unavailable(
+                "nvcc",
+                "not found in $CUDA_HOME/bin, on PATH or in /usr/local/cuda/bin (it was asked for with DSRS_USE_NVCC / the nvcc option; NVRTC needs no toolkit)",
+            )
+        })
+}
+
+/// The compute capability of CUDA device 0, if a driver with a device is present. Uses
+/// `cuDeviceGetAttribute` only: no context is created.
+pub fn device_compute_capability() -> Option<(u32, u32)> {
+    static CC: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    *CC.get_or_init(|| {
+        let probe = crate::accelerator::cuda::probe();
+        if !probe.driver_loaded || probe.device_count == 0 {
+            return None;
+        }
+        std::panic::catch_unwind(|| {
+            use cudarc::driver::{result, sys::CUdevice_attribute};
+            result::init().ok()?;
+            let dev = result::device::get(0).ok()?;
+            // SAFETY: dev came from cuDeviceGet.
+            let major = unsafe {
+                result::device::get_attribute(
+                    dev,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                )
+            }
+            .ok()?;
+            let minor = unsafe {
+                result::device::get_attribute(
+                    dev,
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                )
+            }
+            .ok()?;
+            Some((major as u32, minor as u32))
+        })
+        .ok()
+        .flatten()
+    })
+}
+
+/// The target for a build: the option, else the GPU's `sm_XY`.
+fn target_arch(env: &BuildEnv) -> Result<String> {
+    if let Some(a) = &env.options.cuda_arch {
+        parse_arch(a)?;
+        return Ok(a.clone());
+    }
+    match device_compute_capability() {
+        Some((a, b)) => Ok(format!("sm_{a}{b}")),
+        None => Err(Error::unavailable(
+            "CUDA",
+            format!(
+                "no GPU to build for ({}); name a target with DSRS_CUDA_ARCH=sm_90 (or the cuda_arch option) to build without one",
+                crate::accelerator::cuda::probe()
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no device".into())
+            ),
+        )),
+    }
+}
+
+fn compiler_identity(env: &BuildEnv) -> Result<String> {
+    if env.options.nvcc {
+        let nvcc = find_nvcc()?;
+        let out = std::process::Command::new(&nvcc)
+            .arg("--version")
+            .output()
+            .map_err(|e| Error::io(&nvcc, e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(format!(
+            "nvcc {} ({})",
+            text.lines().last().unwrap_or("").trim(),
+            nvcc.display()
+        ))
+    } else {
+        let i = info()?;
+        Ok(format!("nvrtc {}.{}", i.version.0, i.version.1))
+    }
+}
+
+fn cuda_key(spec: &OpSpec, arch: &str, compiler: &str, env: &BuildEnv) -> String {
+    let mut h = Hasher::new("cuda-op");
+    h.field("op_abi", &OP_ABI_VERSION.to_string());
+    hash_spec(&mut h, spec);
+    h.field("compiler", compiler);
+    h.field("arch", arch);
+    h.field("debug", if env.options.debug { "1" } else { "0" });
+    h.finish()
+}
+
+/// The cache key for the current target (for reports); an error when there is none.
+pub(crate) fn cache_key_for_current(spec: &OpSpec, env: &BuildEnv) -> Result<String> {
+    let arch = target_arch(env)?;
+    Ok(cuda_key(spec, &arch, &compiler_identity(env)?, env))
+}
+
+/// The NVRTC options for an op and target.
+fn nvrtc_options(spec: &OpSpec, arch: &str, include: &Path, debug: bool) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        format!("--include-path={}", include.display()),
+        format!("-DDSRS_OP_NAME=\"{}\"", spec.name),
+    ];
+    if debug {
+        o.push("--device-debug".into());
+    }
+    for d in spec.defines.iter() {
+        if d.value.is_empty() {
+            o.push(format!("-D{}", d.name));
+        } else {
+            o.push(format!("-D{}={}", d.name, d.value));
+        }
+    }
+    for d in spec.include_dirs.iter() {
+        o.push(format!("--include-path={d}"));
+    }
+    o.extend(spec.flags.iter().map(|f| f.to_string()));
+    o
+}
+
+/// Compiles one CUDA source with NVRTC; returns the image (CUBIN or PTX without its NUL)
+/// and NVRTC's log. On failure the error carries the options and the log.
+pub fn compile(spec: &OpSpec, arch: &str, work_dir: &Path) -> Result<(Vec<u8>, String)> {
+    info()?;
+    let (_, output) = parse_arch(arch)?;
+    let source = spec
+        .sources
+        .first()
+        .ok_or_else(|| Error::config(format!("op '{}' has no source", spec.name)))?;
+    write_sources(spec, work_dir)?;
+    let options = nvrtc_options(spec, arch, &work_dir.join("include"), false);
+    let src = CString::new(source.text.as_bytes()).map_err(|_| {
+        Error::config(format!(
+            "op '{}': {} contains a NUL byte",
+            spec.name, source.path
+        ))
+    })?;
+    let name = CString::new(source.path.as_bytes()).unwrap_or_default();
+    let run = || -> std::result::Result<(Vec<u8>, String), String> {
+        use cudarc::nvrtc::{result, sys};
+        let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("{e:?}"))?;
+        // SAFETY: prog is live until destroy_program below.
+        let compiled = unsafe { result::compile_program(prog, &options) };
+        let log = unsafe { result::get_program_log(prog) }
+            .map(|l| {
+                let bytes: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default();
+        let image = match compiled {
+            Err(e) => Err(format!("{e:?}\n{log}")),
+            Ok(()) => match output {
+                ArchOutput::Ptx => unsafe { result::get_ptx(prog) }
+                    .map(|p| p.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect())
+                    .map_err(|e| format!("{e:?}")),
+                ArchOutput::Cubin => {
+                    let mut size = 0usize;
+                    // SAFETY: size is written; the buffer then has room for it.
+                    unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+                        .result()
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|()| {
+                            let mut buf = vec![0u8; size];
+                            unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }
+                                .result()
+                                .map_err(|e| format!("{e:?}"))
+                                .map(|()| buf)
+                        })
+                }
+            },
+        };
+        // SAFETY: prog is live.
+        let _ = unsafe { result::destroy_program(prog) };
+        image.map(|i| (i, log))
+    };
+    let result = std::panic::catch_unwind(run)
+        .map_err(|_| Error::Internal("cudarc panicked inside NVRTC".into()))?;
+    result.map_err(|log| {
+        Error::BuildFailed(format!(
+            "NVRTC could not compile op '{}' ({}) for {arch}\n  options: {}\n  log:\n{}",
+            spec.name,
+            source.path,
+            options.join(" "),
+            log.lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(20)
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    })
+}
+
+/// Builds, caches and "loads" a CUDA op: the image is verified and kept; modules are loaded
+/// on a device when a kernel is first asked for.
+pub(crate) fn load_cuda(
+    builder: &dyn OpBuilder,
+    env: &BuildEnv,
+    cache: &Cache,
+) -> Result<Arc<LoadedOp>> {
+    let spec = builder.spec();
+    let arch = target_arch(env)?;
+    let (_, output) = parse_arch(&arch)?;
+    let compiler = compiler_identity(env)?;
+    let key = cuda_key(spec, &arch, &compiler, env);
+    let artifact = format!(
+        "{}.{}",
+        spec.name,
+        if output == ArchOutput::Cubin {
+            "cubin"
+        } else {
+            "ptx"
+        }
+    );
+    let build = |dir: &Path, failed_log: &Path, progress: &Progress| -> Result<Manifest> {
+        let command;
+        let bytes = if env.options.nvcc {
+            let nvcc = find_nvcc()?;
+            let srcs = write_sources(spec, &dir.join("src"))?;
+            let mut argv = vec![nvcc.to_string_lossy().into_owned()];
+            argv.push(if output == ArchOutput::Cubin {
+                "-cubin".into()
+            } else {
+                "-ptx".into()
+            });
+            argv.push(format!("-arch={arch}"));
+            argv.extend(["-O3".to_string(), "-std=c++17".to_string()]);
+            argv.push(format!("-I{}", dir.join("src/include").display()));
+            for d in spec.defines.iter() {
+                argv.push(if d.value.is_empty() {
+                    format!("-D{}", d.name)
+                } else {
+                    format!("-D{}={}", d.name, d.value)
+                });
+            }
+            argv.extend(spec.flags.iter().map(|f| f.to_string()));
+            argv.push(srcs[0].to_string_lossy().into_owned());
+            argv.push("-o".into());
+            argv.push(dir.join(&artifact).to_string_lossy().into_owned());
+            progress.step(&format!("compiling with nvcc for {arch}"));
+            run_build(&spec.name, &argv, dir, failed_log, "nvcc")?;
+            command = argv;
+            fs::read(dir.join(&artifact)).map_err(|e| Error::io(dir.join(&artifact), e))?
+        } else {
+            progress.step(&format!("compiling with {compiler} for {arch}"));
+            let (image, log) = match compile(spec, &arch, &dir.join("src")) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = cache::write_private(failed_log, e.to_string().as_bytes());
+                    return Err(Error::BuildFailed(format!(
+                        "{e}\n  full log: {}",
+                        failed_log.display()
+                    )));
+                }
+            };
+            cache::write_private(&dir.join("build.log"), log.as_bytes())?;
+            cache::write_private(&dir.join(&artifact), &image)?;
+            command = nvrtc_options(
+                spec,
+                &arch,
+                Path::new("<build>/src/include"),
+                env.options.debug,
+            );
+            image
+        };
+        Ok(Manifest {
+            format: 1,
+            op: spec.name.to_string(),
+            kind: "cuda".into(),
+            key: key.clone(),
+            artifact: artifact.clone(),
+            sha256: cache::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            op_abi: OP_ABI_VERSION,
+            built_by: crate::VERSION.into(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            build_ms: progress.elapsed_ms() as u64,
+            compiler: compiler.clone(),
+            target: arch.clone(),
+            command,
+        })
+    };
+    let open = |_dir: &Path, _m: &Manifest, _f: fs::File, bytes: Vec<u8>| -> Result<Code> {
+        Ok(Code::Cuda {
+            image: bytes,
+            modules: Mutex::new(HashMap::new()),
+        })
+    };
+    obtain(spec, &key, &arch, env, cache, build, open)
+}
+
+/// A kernel of a CUDA op as a `CUfunction` in device `device`'s primary context.
+pub(crate) fn kernel(
+    op: &str,
+    image: &[u8],
+    modules: &Mutex<HashMap<usize, Arc<cudarc::driver::CudaModule>>>,
+    device: usize,
+    symbol: &str,
+) -> Result<*mut c_void> {
+    let probe = crate::accelerator::cuda::probe();
+    if !probe.driver_loaded || probe.device_count == 0 {
+        return Err(Error::unavailable(
+            "CUDA",
+            probe.reason.clone().unwrap_or_else(|| "no device".into()),
+        ));
+    }
+    let load = || -> std::result::Result<*mut c_void, String> {
+        let module = {
+            let mut m = modules.lock();
+            match m.get(&device) {
+                Some(module) => module.clone(),
+                None => {
+                    let ctx =
+                        cudarc::driver::CudaContext::new(device).map_err(|e| format!("{e:?}"))?;
+                    let ptx = if image.starts_with(b"\x7fELF") {
+                        cudarc::nvrtc::Ptx::from_binary(image.to_vec())
+                    } else {
+                        cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(image).into_owned())
+                    };
+                    let module = ctx.load_module(ptx).map_err(|e| format!("{e:?}"))?;
+                    m.insert(device, module.clone());
+                    module
+                }
+            }
+        };
+        let f = module.load_function(symbol).map_err(|e| format!("{e:?}"))?;
+        Ok(f.cu_function() as *mut c_void)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+        .map_err(|_| Error::Internal("cudarc panicked while loading a module".into()))?
+        .map_err(|e| {
+            if e.contains("NOT_FOUND") {
+                Error::SymbolNotFound {
+                    op: op.to_string(),
+                    symbol: symbol.to_string(),
+                    hint: String::new(),
+                }
+            } else {
+                Error::Device(format!(
+                    "op '{op}': loading kernel '{symbol}' on CUDA device {device}: {e}"
+                ))
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archs_parse() {
+        assert_eq!(parse_arch("sm_90").unwrap(), ((9, 0), ArchOutput::Cubin));
+        assert_eq!(parse_arch("sm_90a").unwrap(), ((9, 0), ArchOutput::Cubin));
+        assert_eq!(parse_arch("compute_80").unwrap(), ((8, 0), ArchOutput::Ptx));
+        assert_eq!(parse_arch("sm_120").unwrap(), ((12, 0), ArchOutput::Cubin));
+        for bad in ["sm90", "sm_", "sm_9", "gfx90a", "compute_8x", "sm_90ab"] {
+            assert!(
+                parse_arch(bad).unwrap_err().to_string().contains(bad),
+                "{bad}"
+            );
+        }
+    }
+}
