@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the C/C++ test harness (tests/c) through CTest, under AddressSanitizer +
 # UndefinedBehaviorSanitizer (LeakSanitizer included):
-#   accelerator_test, log_callback_test, misuse_test, cpp_wrapper_test, static_link_test,
+#   accelerator_test, log_callback_test, misuse_test, ops_test (JIT-built ops, cpu_adam),
+#   cpp_wrapper_test, static_link_test,
 #   the header compile tests (C99, C11, C++17, double include, the C++ wrapper) and the
 #   CLI test.
 #
