@@ -9,7 +9,7 @@
 //! [`load`] returns a [`LoadedOp`], in this order of preference:
 //! 1. an op compiled into the library ahead of time (`DSRS_BUILD_OPS=1` at `cargo build`),
 //!    when the running CPU can execute it;
-//! 2. the op's build in the [cache](cache), after its SHA-256 is verified against the
+//! 2. the op's build in the [cache], after its SHA-256 is verified against the
 //!    manifest (a tampered or truncated artifact is rebuilt, with a warning, never loaded);
 //! 3. a fresh build: C++ by the system compiler ([`compiler`], found like `cc` finds it),
 //!    CUDA by NVRTC ([`nvrtc`]) — under a per-key `flock`, so processes racing on a cold

@@ -1,11 +1,15 @@
 """Python binding of deepspeed_rs: DeepSpeed's accelerator core, rebuilt in Rust behind a
 C ABI (``include/deepspeed_rs.h``), called through ctypes.
 
->>> import deepspeed_rs as ds
+>>> import ctypes, deepspeed_rs as ds
 >>> accel = ds.Accelerator.current()          # or ds.Accelerator("cpu", devices=2)
 >>> with accel.buffer(1024) as buf:
 ...     a = buf.numpy("float32")              # zero-copy view of the buffer's memory
 ...     accel.fill_normal(a, 0.0, 1.0)        # in place, from the Philox generator
+>>> with ds.load_op("cpu_adam") as adam:      # an op, built and cached on first use
+...     simd = adam.function("dsrs_cpu_adam_simd_level", ctypes.c_char_p)
+>>> simd()                                    # see deepspeed_rs.ops
+b'avx2'
 
 The shared library is found through ``DSRS_LIBRARY``, next to this package, with
 ``ctypes.util.find_library`` or by its SONAME (see :mod:`deepspeed_rs._lib`); importing
@@ -28,6 +32,7 @@ from .buffer import Buffer, BufferView
 from .errors import (
     AbiMismatchError,
     BufferTooSmallError,
+    BuildFailedError,
     DeviceError,
     DsrsError,
     FormatError,
@@ -39,17 +44,24 @@ from .errors import (
     InvalidStateError,
     InvalidUtf8Error,
     IoError,
+    LoadFailedError,
+    LockTimeoutError,
     NullArgumentError,
+    OpIncompatibleError,
     OutOfMemoryError,
     OutOfRangeError,
     PanicError,
     StaleHandleError,
+    SymbolNotFoundError,
     UnavailableError,
     UnknownAcceleratorError,
+    UnknownOpError,
+    UnsafeCacheError,
     UnsupportedError,
     WrongHandleTypeError,
     check,
 )
+from .ops import Op, cache_dir, define_op, list_ops, load_op
 
 __version__ = "0.1.0"
 
@@ -64,14 +76,19 @@ __all__ = [
     "DTypeSupport",
     "Event",
     "LogLevel",
+    "Op",
     "Stream",
     "abi_version",
     "accelerator_names",
+    "cache_dir",
     "clear_last_error",
     "debug_panic",
+    "define_op",
     "get_log_level",
     "last_error",
     "library_path",
+    "list_ops",
+    "load_op",
     "log",
     "report",
     "set_log_callback",
@@ -81,6 +98,7 @@ __all__ = [
     # errors
     "AbiMismatchError",
     "BufferTooSmallError",
+    "BuildFailedError",
     "DeviceError",
     "DsrsError",
     "FormatError",
@@ -92,13 +110,19 @@ __all__ = [
     "InvalidStateError",
     "InvalidUtf8Error",
     "IoError",
+    "LoadFailedError",
+    "LockTimeoutError",
     "NullArgumentError",
+    "OpIncompatibleError",
     "OutOfMemoryError",
     "OutOfRangeError",
     "PanicError",
     "StaleHandleError",
+    "SymbolNotFoundError",
     "UnavailableError",
     "UnknownAcceleratorError",
+    "UnknownOpError",
+    "UnsafeCacheError",
     "UnsupportedError",
     "WrongHandleTypeError",
 ]

@@ -182,7 +182,7 @@ if ctypes.sizeof(c_void_p) == 8:  # the layout the library itself asserts on 64-
 LOG_CALLBACK = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 
 # --------------------------------------------------------------------------------------
-# Prototypes. Handles (dsrs_accelerator*, dsrs_buffer*, dsrs_stream*, dsrs_event*) are
+# Prototypes. Handles (dsrs_accelerator*, dsrs_buffer*, dsrs_stream*, dsrs_event*, dsrs_op*) are
 # opaque: c_void_p.
 
 _H = c_void_p  # a handle
@@ -297,6 +297,16 @@ PROTOTYPES = {
     "dsrs_event_synchronize": (_S, [_H]),
     "dsrs_event_query": (_S, [_H, POINTER(c_bool)]),
     "dsrs_event_elapsed_ms": (_S, [_H, _H, POINTER(c_double)]),
+    # ops (op builders and their JIT)
+    "dsrs_op_define": (_S, [c_char_p]),
+    "dsrs_op_load": (_S, [c_char_p, c_char_p, _PH]),
+    "dsrs_op_free": (_S, [_H]),
+    "dsrs_op_symbol": (_S, [_H, c_char_p, POINTER(c_void_p)]),
+    "dsrs_op_kernel": (_S, [_H, c_int32, c_char_p, POINTER(c_void_p)]),
+    "dsrs_op_image": (_S, [_H, POINTER(POINTER(c_uint8)), POINTER(c_size_t)]),
+    "dsrs_op_info_json": (_S, [_H] + _STR_OUT),
+    "dsrs_op_list_json": (_S, [c_char_p] + _STR_OUT),
+    "dsrs_op_cache_dir": (_S, _STR_OUT),
 }
 
 # --------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ DSRS_STATUS_UNAVAILABLE         UnavailableError             RuntimeError
 DSRS_STATUS_OUT_OF_MEMORY       OutOfMemoryError             MemoryError
 DSRS_STATUS_UNSUPPORTED         UnsupportedError             TypeError [3]_
 DSRS_STATUS_DEVICE_ERROR        DeviceError                  RuntimeError
+DSRS_STATUS_BUILD_FAILED        BuildFailedError             RuntimeError
+DSRS_STATUS_OP_INCOMPATIBLE     OpIncompatibleError          RuntimeError
+DSRS_STATUS_UNKNOWN_OP          UnknownOpError               ValueError
+DSRS_STATUS_LOAD_FAILED         LoadFailedError              RuntimeError
+DSRS_STATUS_UNSAFE_CACHE        UnsafeCacheError             PermissionError [4]_
+DSRS_STATUS_SYMBOL_NOT_FOUND    SymbolNotFoundError          AttributeError [5]_
+DSRS_STATUS_LOCK_TIMEOUT        LockTimeoutError             TimeoutError
 DSRS_STATUS_INTERNAL            InternalError                RuntimeError
 DSRS_STATUS_PANIC               PanicError                   RuntimeError
 ==============================  ===========================  ===============================
@@ -40,6 +47,9 @@ DSRS_STATUS_PANIC               PanicError                   RuntimeError
 .. [3] The library returns it for data types and memory placements an operation cannot
    handle (e.g. random bits into a float tensor), which Python spells ``TypeError``.
    It is not a ``NotImplementedError``: nothing is missing from the binding.
+.. [4] The op cache is refused because of who owns it or who may write to it (an
+   ``OSError``, like the ``PermissionError`` the file system would give).
+.. [5] As ``ctypes.CDLL`` raises ``AttributeError`` for a symbol a library lacks.
 
 :class:`AbiMismatchError` (an ``ImportError``) is raised at import time when the loaded
 library speaks a different C ABI version than this binding.
@@ -70,6 +80,13 @@ __all__ = [
     "OutOfMemoryError",
     "UnsupportedError",
     "DeviceError",
+    "BuildFailedError",
+    "OpIncompatibleError",
+    "UnknownOpError",
+    "LoadFailedError",
+    "UnsafeCacheError",
+    "SymbolNotFoundError",
+    "LockTimeoutError",
     "InternalError",
     "PanicError",
     "AbiMismatchError",
@@ -100,6 +117,13 @@ STATUS_NAMES: Dict[int, str] = {
     402: "DSRS_STATUS_OUT_OF_MEMORY",
     403: "DSRS_STATUS_UNSUPPORTED",
     404: "DSRS_STATUS_DEVICE_ERROR",
+    500: "DSRS_STATUS_BUILD_FAILED",
+    501: "DSRS_STATUS_OP_INCOMPATIBLE",
+    502: "DSRS_STATUS_UNKNOWN_OP",
+    503: "DSRS_STATUS_LOAD_FAILED",
+    504: "DSRS_STATUS_UNSAFE_CACHE",
+    505: "DSRS_STATUS_SYMBOL_NOT_FOUND",
+    506: "DSRS_STATUS_LOCK_TIMEOUT",
     900: "DSRS_STATUS_INTERNAL",
     901: "DSRS_STATUS_PANIC",
 }
@@ -259,6 +283,56 @@ class DeviceError(DsrsError, RuntimeError):
     STATUS = 404
 
 
+class BuildFailedError(DsrsError, RuntimeError):
+    """An op failed to compile (DSRS_STATUS_BUILD_FAILED); the message has the command,
+    the compiler's first lines of output and the path of the full log."""
+
+    STATUS = 500
+
+
+class OpIncompatibleError(DsrsError, RuntimeError):
+    """An op cannot be built or loaded on this machine (DSRS_STATUS_OP_INCOMPATIBLE): no
+    C++ compiler, a compiler too old, no NVRTC, a compute capability too low; the message
+    lists every reason."""
+
+    STATUS = 501
+
+
+class UnknownOpError(DsrsError, ValueError):
+    """No op has that name (DSRS_STATUS_UNKNOWN_OP); the message lists the known ops."""
+
+    STATUS = 502
+
+
+class LoadFailedError(DsrsError, RuntimeError):
+    """A built op could not be loaded (DSRS_STATUS_LOAD_FAILED): dlopen failed, the op ABI
+    version differs, or a declared symbol is missing (the message names it)."""
+
+    STATUS = 503
+
+
+class UnsafeCacheError(DsrsError, PermissionError):
+    """The op cache directory is not private (DSRS_STATUS_UNSAFE_CACHE): owned by another
+    user, or writable by others; the message says how to fix it."""
+
+    STATUS = 504
+
+
+class SymbolNotFoundError(DsrsError, AttributeError):
+    """The op has no such symbol (DSRS_STATUS_SYMBOL_NOT_FOUND); the message lists the
+    op's declared symbols. An ``AttributeError``, like a missing symbol of a
+    ``ctypes.CDLL``."""
+
+    STATUS = 505
+
+
+class LockTimeoutError(DsrsError, TimeoutError):
+    """Waiting for another process's build of the same op timed out
+    (DSRS_STATUS_LOCK_TIMEOUT); the message names the lock file and its holder."""
+
+    STATUS = 506
+
+
 class InternalError(DsrsError, RuntimeError):
     """An internal invariant of the library was violated (DSRS_STATUS_INTERNAL): a bug."""
 
@@ -313,6 +387,13 @@ _CLASSES: Dict[int, Type[DsrsError]] = {
         OutOfMemoryError,
         UnsupportedError,
         DeviceError,
+        BuildFailedError,
+        OpIncompatibleError,
+        UnknownOpError,
+        LoadFailedError,
+        UnsafeCacheError,
+        SymbolNotFoundError,
+        LockTimeoutError,
         InternalError,
         PanicError,
     )
