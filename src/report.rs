@@ -282,6 +282,9 @@ impl Report {
             "op cache",
             match cache["error"].as_str() {
                 Some(e) => format!("UNUSABLE: {e}"),
+                None if cache["exists"] == false => {
+                    format!("{} (not created yet)", cache["dir"].as_str().unwrap_or("?"))
+                }
                 None => cache["dir"].as_str().unwrap_or("?").to_string(),
             },
         );

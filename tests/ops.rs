@@ -769,3 +769,24 @@ fn the_report_has_the_op_table_and_the_build_environment() {
     assert!(out.status.success());
     assert!(!dir.cache().join("ops-v1").exists());
 }
+
+#[test]
+fn loaded_code_is_immune_to_the_cache_file_being_rewritten_in_place() {
+    let dir = TempDir::new("inplace");
+    let name = unique("inplace");
+    ops::define_json(&dot_spec(&name)).unwrap();
+    let op = ops::load(&name, &options(&dir.cache())).unwrap();
+    type Dot = unsafe extern "C" fn(*const f64, *const f64, u64) -> f64;
+    let dot: Dot = unsafe { std::mem::transmute(op.symbol("dsrs_test_dot", 0).unwrap()) };
+    let artifact = op.dir().unwrap().join(format!("lib{name}.so"));
+    // Overwrite every byte of the cached file in place (same inode, same length).
+    let len = fs::metadata(&artifact).unwrap().len() as usize;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&artifact)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![0xCC; len]))
+        .unwrap();
+    // The process runs the verified copy it loaded, not the file.
+    let (a, b) = ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]);
+    assert_eq!(unsafe { dot(a.as_ptr(), b.as_ptr(), 3) }, 32.0);
+}

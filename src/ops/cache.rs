@@ -68,7 +68,19 @@ impl Cache {
     /// Opens the cache at `root`, creating it (mode 0700) if needed, and refuses it when it
     /// is not private.
     pub fn open(root: &Path) -> Result<Cache> {
+        Cache::open_with(root, true)
+    }
+
+    /// Opens the cache at `root` if it exists (checking it), without creating it.
+    pub fn open_existing(root: &Path) -> Result<Option<Cache>> {
         if !root.exists() {
+            return Ok(None);
+        }
+        Cache::open_with(root, false).map(Some)
+    }
+
+    fn open_with(root: &Path, create: bool) -> Result<Cache> {
+        if create && !root.exists() {
             if let Some(parent) = root.parent() {
                 fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }

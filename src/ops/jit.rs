@@ -287,19 +287,57 @@ pub(crate) fn load_cpu(
             command: argv,
         })
     };
-    let open = |dir: &Path, m: &Manifest, file: File, _bytes: Vec<u8>| -> Result<Code> {
-        open_library(spec, dir, m, &file)
+    let open = |dir: &Path, m: &Manifest, _file: File, bytes: Vec<u8>| -> Result<Code> {
+        open_library(spec, dir, m, &bytes)
     };
     obtain(spec, &key, &target, env, cache, build, open)
 }
 
-/// dlopens a verified artifact and checks the op ABI version, the op name and every
-/// declared symbol. (The artifact is opened by path: glibc matches already-loaded libraries
-/// by name first, so loading through a reused `/proc/self/fd/N` name could return another
-/// library. The key directory is private, so the verified file is the one loaded.)
-fn open_library(spec: &OpSpec, dir: &Path, m: &Manifest, _file: &File) -> Result<Code> {
+/// A sealed in-memory copy of verified bytes, to load from: the code that runs is exactly
+/// the code that was hashed, even if the cache file is modified in place later (a library
+/// mapped from a file that is rewritten in place would change under the process). The
+/// descriptor is kept open for the life of the process (loaded ops are never unloaded), so
+/// its `/proc/self/fd/N` name is never reused — glibc recognizes loaded libraries by name.
+fn memfd_copy(name: &str, bytes: &[u8]) -> Option<(std::os::fd::OwnedFd, PathBuf)> {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let cname = std::ffi::CString::new(format!("dsrs-op-{name}")).ok()?;
+    // SAFETY: a valid C string; the returned descriptor is owned below.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a new descriptor we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = File::from(owned);
+    f.write_all(bytes).ok()?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our descriptor.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    };
+    let path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&f)
+    ));
+    path.exists().then(|| (OwnedFd::from(f), path))
+}
+
+/// dlopens a verified artifact (from a sealed in-memory copy of the verified bytes when the
+/// system allows, else from its path) and checks the op ABI version, the op name and every
+/// declared symbol.
+fn open_library(spec: &OpSpec, dir: &Path, m: &Manifest, bytes: &[u8]) -> Result<Code> {
     let path = dir.join(&m.artifact);
-    let open_path = path.clone();
+    let memfd = memfd_copy(&spec.name, bytes);
+    let open_path = memfd
+        .as_ref()
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| path.clone());
     // SAFETY: loading a library runs its initializers; this one was built by us from the
     // op's sources, and its bytes were verified against the manifest just now.
     let lib = unsafe {
@@ -365,6 +403,10 @@ fn open_library(spec: &OpSpec, dir: &Path, m: &Manifest, _file: &File) -> Result
                 .join(", ")
         )));
     }
+    // Loaded ops stay loaded: keep the library and the descriptor it was loaded from.
+    if let Some((fd, _)) = memfd {
+        std::mem::forget(fd);
+    }
     Ok(Code::Library(Box::leak(Box::new(lib))))
 }
 
@@ -381,7 +423,8 @@ pub(crate) fn obtain(
 ) -> Result<Arc<LoadedOp>> {
     let name = spec.name.to_string();
     let force = env.options.force_rebuild;
-    let map_key = (name.clone(), key.to_string());
+    // One loaded op per key *and cache*: another cache_dir gets (and fills) its own.
+    let map_key = (name.clone(), format!("{key}@{}", cache.root().display()));
     if !force && let Some(op) = loaded().lock().get(&map_key) {
         return Ok(op.clone());
     }

@@ -269,6 +269,28 @@ impl BuildEnv {
         }
     }
 
+    /// A build environment for looking only (reports): a cache that does not exist yet is
+    /// not created, and nothing is memoized on disk.
+    pub fn inspect(options: BuildOptions) -> BuildEnv {
+        let root = match &options.cache_dir {
+            Some(d) => Ok(d.clone()),
+            None => cache::default_root(),
+        };
+        let cache = match root.and_then(|r| Cache::open_existing(&r).map(|c| (r, c))) {
+            Ok((_, Some(c))) => Ok(c),
+            Ok((r, None)) => Err(format!(
+                "{} does not exist yet (it is created by the first build)",
+                r.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        BuildEnv {
+            options,
+            cache,
+            compiler: OnceLock::new(),
+        }
+    }
+
     /// The cache, or why it cannot be used.
     pub fn cache(&self) -> Result<&Cache> {
         self.cache
@@ -555,7 +577,7 @@ pub struct OpStatus {
 
 /// The status of every registered op.
 pub fn status_all(options: &BuildOptions) -> Vec<OpStatus> {
-    let env = BuildEnv::new(options.clone());
+    let env = BuildEnv::inspect(options.clone());
     registry::list()
         .into_iter()
         .map(|b| {
@@ -585,7 +607,7 @@ pub fn status_all(options: &BuildOptions) -> Vec<OpStatus> {
 
 /// The build environment for `dsrs report`: compiler, NVRTC, CUDA driver, cache, SIMD.
 pub fn environment(options: &BuildOptions) -> Value {
-    let env = BuildEnv::new(options.clone());
+    let env = BuildEnv::inspect(options.clone());
     let compiler = match env.compiler() {
         Ok(c) => json!({
             "path": c.path,
@@ -603,12 +625,17 @@ pub fn environment(options: &BuildOptions) -> Value {
         }
         Err(e) => json!({ "error": e.to_string() }),
     };
-    let cache = match (env.cache(), &options.cache_dir) {
-        (Ok(c), _) => json!({ "dir": c.root(), "ok": true }),
-        (Err(e), Some(d)) => json!({ "dir": d, "ok": false, "error": e.to_string() }),
-        (Err(e), None) => {
-            json!({ "dir": cache::default_root().ok(), "ok": false, "error": e.to_string() })
-        }
+    let root = match &options.cache_dir {
+        Some(d) => Ok(d.clone()),
+        None => cache::default_root(),
+    };
+    let cache = match root {
+        Err(e) => json!({ "dir": null, "ok": false, "error": e.to_string() }),
+        Ok(r) => match Cache::open_existing(&r) {
+            Ok(Some(_)) => json!({ "dir": r, "ok": true, "exists": true }),
+            Ok(None) => json!({ "dir": r, "ok": true, "exists": false }),
+            Err(e) => json!({ "dir": r, "ok": false, "error": e.to_string() }),
+        },
     };
     let cuda = crate::accelerator::cuda::probe();
     json!({
