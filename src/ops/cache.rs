@@ -316,9 +316,9 @@ impl Manifest {
         write_private(&p, &text)
     }
 
-    /// Opens the artifact and checks its size and SHA-256 against the manifest. Returns the
-    /// open file (so the verified contents are what gets loaded) and its bytes.
-    pub fn verify(&self, dir: &Path) -> Result<(File, Vec<u8>)> {
+    /// Reads the artifact and checks its size and SHA-256 against the manifest; returns the
+    /// verified bytes (what gets loaded).
+    pub fn verify(&self, dir: &Path) -> Result<Vec<u8>> {
         let p = dir.join(&self.artifact);
         let mut f = File::open(&p).map_err(|e| Error::io(&p, e))?;
         let mut bytes = Vec::with_capacity(self.size as usize);
@@ -339,7 +339,7 @@ impl Manifest {
                 self.sha256
             )));
         }
-        Ok((f, bytes))
+        Ok(bytes)
     }
 }
 

@@ -83,29 +83,28 @@ impl Compiler {
     }
 }
 
+/// The names `cc` looks a variable up under, most specific first: `CXX_<target>`,
+/// `CXX_<target with underscores>`, `TARGET_CXX`, `CXX`.
+fn cc_var_names(base: &str) -> [String; 4] {
+    [
+        format!("{base}_{TARGET}"),
+        format!("{base}_{}", TARGET.replace('-', "_")),
+        format!("TARGET_{base}"),
+        base.to_string(),
+    ]
+}
+
 /// The environment variables `cc` reads to choose the C++ compiler and its flags.
 fn env_keys() -> Vec<String> {
-    let under = TARGET.replace('-', "_");
-    let mut keys = Vec::new();
-    for base in ["CXX", "CXXFLAGS"] {
-        keys.push(format!("{base}_{TARGET}"));
-        keys.push(format!("{base}_{under}"));
-        keys.push(format!("TARGET_{base}"));
-        keys.push(base.to_string());
-    }
+    let mut keys: Vec<String> = cc_var_names("CXX").into_iter().collect();
+    keys.extend(cc_var_names("CXXFLAGS"));
     keys.push("CRATE_CC_NO_DEFAULTS".into());
     keys
 }
 
 /// The compiler command the user asked for, and where the request came from.
 fn requested() -> (String, String) {
-    let under = TARGET.replace('-', "_");
-    for key in [
-        format!("CXX_{TARGET}"),
-        format!("CXX_{under}"),
-        "TARGET_CXX".into(),
-        "CXX".into(),
-    ] {
+    for key in cc_var_names("CXX") {
         if let Ok(v) = std::env::var(&key)
             && !v.trim().is_empty()
         {
@@ -295,19 +294,13 @@ fn probe_in(path: &Path, origin: &str, scratch: &Path) -> Result<Compiler> {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    let under = TARGET.replace('-', "_");
-    let user_isa = [
-        format!("CXXFLAGS_{TARGET}"),
-        format!("CXXFLAGS_{under}"),
-        "TARGET_CXXFLAGS".into(),
-        "CXXFLAGS".into(),
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok())
-    .any(|v| {
-        v.split_whitespace()
-            .any(|f| f.starts_with("-march=") || f.starts_with("-mcpu="))
-    });
+    let user_isa = cc_var_names("CXXFLAGS")
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .any(|v| {
+            v.split_whitespace()
+                .any(|f| f.starts_with("-march=") || f.starts_with("-mcpu="))
+        });
     Ok(Compiler {
         user_isa,
         path: path.to_path_buf(),

@@ -256,13 +256,7 @@ pub(crate) fn load_cpu(
         for d in spec.include_dirs.iter() {
             argv.push(format!("-I{d}"));
         }
-        for d in spec.defines.iter() {
-            if d.value.is_empty() {
-                argv.push(format!("-D{}", d.name));
-            } else {
-                argv.push(format!("-D{}={}", d.name, d.value));
-            }
-        }
+        argv.extend(spec.defines.iter().map(|d| d.flag()));
         argv.extend(spec.flags.iter().map(|f| f.to_string()));
         argv.extend(sources.iter().map(|p| p.to_string_lossy().into_owned()));
         argv.push("-o".into());
@@ -287,7 +281,7 @@ pub(crate) fn load_cpu(
             command: argv,
         })
     };
-    let open = |dir: &Path, m: &Manifest, _file: File, bytes: Vec<u8>| -> Result<Code> {
+    let open = |dir: &Path, m: &Manifest, bytes: Vec<u8>| -> Result<Code> {
         open_library(spec, dir, m, &bytes)
     };
     obtain(spec, &key, &target, env, cache, build, open)
@@ -419,7 +413,7 @@ pub(crate) fn obtain(
     env: &BuildEnv,
     cache: &Cache,
     build: impl FnOnce(&Path, &Path, &Progress) -> Result<Manifest>,
-    open: impl Fn(&Path, &Manifest, File, Vec<u8>) -> Result<Code>,
+    open: impl Fn(&Path, &Manifest, Vec<u8>) -> Result<Code>,
 ) -> Result<Arc<LoadedOp>> {
     let name = spec.name.to_string();
     let force = env.options.force_rebuild;
@@ -461,20 +455,14 @@ pub(crate) fn obtain(
                 m.op_abi
             )));
         }
-        let (file, bytes) = m.verify(&dir)?;
-        let code = open(&dir, &m, file, bytes)?;
+        let bytes = m.verify(&dir)?;
+        let code = open(&dir, &m, bytes)?;
         Ok(Some(finish(code, m, Origin::Cached, progress)))
     };
-    if !force {
-        match try_open(&progress) {
-            Ok(Some(op)) => return Ok(op),
-            Ok(None) => {}
-            Err(e) => crate::dsrs_warn!(
-                "ops",
-                "op {name}: the cached build in {} is unusable and will be rebuilt: {e}",
-                dir.display()
-            ),
-        }
+    // Unlocked first: the common case, a cached build, takes no lock. A failure here is
+    // retried (and reported) under the lock, where another process may have rebuilt it.
+    if !force && let Ok(Some(op)) = try_open(&progress) {
+        return Ok(op);
     }
     let lock_path = op_dir.join(format!("{key}.lock"));
     let _lock = KeyLock::acquire(&lock_path, env.options.lock_timeout(), |pid| {
@@ -485,7 +473,6 @@ pub(crate) fn obtain(
         ))
     })?;
     if !force {
-        // Another process may have built it while we waited.
         match try_open(&progress) {
             Ok(Some(op)) => return Ok(op),
             Ok(None) => {}
@@ -502,8 +489,8 @@ pub(crate) fn obtain(
     let m = build(tmp.path(), &failed_log, &progress)?;
     m.write(tmp.path())?;
     progress.step("verifying and loading");
-    let (file, bytes) = m.verify(tmp.path())?;
-    let code = open(tmp.path(), &m, file, bytes)?;
+    let bytes = m.verify(tmp.path())?;
+    let code = open(tmp.path(), &m, bytes)?;
     fs::rename(tmp.path(), &dir).map_err(|e| Error::io(&dir, e))?;
     tmp.keep();
     let _ = fs::remove_file(&failed_log);

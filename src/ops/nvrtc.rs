@@ -290,13 +290,7 @@ fn nvrtc_options(spec: &OpSpec, arch: &str, include: &Path, debug: bool) -> Vec<
     if debug {
         o.push("--device-debug".into());
     }
-    for d in spec.defines.iter() {
-        if d.value.is_empty() {
-            o.push(format!("-D{}", d.name));
-        } else {
-            o.push(format!("-D{}={}", d.name, d.value));
-        }
-    }
+    o.extend(spec.defines.iter().map(|d| d.flag()));
     for d in spec.include_dirs.iter() {
         o.push(format!("--include-path={d}"));
     }
@@ -412,13 +406,7 @@ pub(crate) fn load_cuda(
             argv.push(format!("-arch={arch}"));
             argv.extend(["-O3".to_string(), "-std=c++17".to_string()]);
             argv.push(format!("-I{}", dir.join("src/include").display()));
-            for d in spec.defines.iter() {
-                argv.push(if d.value.is_empty() {
-                    format!("-D{}", d.name)
-                } else {
-                    format!("-D{}={}", d.name, d.value)
-                });
-            }
+            argv.extend(spec.defines.iter().map(|d| d.flag()));
             argv.extend(spec.flags.iter().map(|f| f.to_string()));
             argv.push(srcs[0].to_string_lossy().into_owned());
             argv.push("-o".into());
@@ -469,7 +457,7 @@ pub(crate) fn load_cuda(
             command,
         })
     };
-    let open = |_dir: &Path, _m: &Manifest, _f: fs::File, bytes: Vec<u8>| -> Result<Code> {
+    let open = |_dir: &Path, _m: &Manifest, bytes: Vec<u8>| -> Result<Code> {
         Ok(Code::Cuda {
             image: bytes,
             modules: Mutex::new(HashMap::new()),

@@ -33,9 +33,17 @@ fn builtin(spec: &'static OpSpec) -> Arc<dyn OpBuilder> {
                     .iter()
                     .map(|f| SourceFile {
                         path: f.path.clone(),
-                        text: std::fs::read_to_string(dir.join(f.path.as_ref()))
-                            .map(Cow::Owned)
-                            .unwrap_or_else(|_| f.text.clone()),
+                        text: match std::fs::read_to_string(dir.join(f.path.as_ref())) {
+                            Ok(t) => Cow::Owned(t),
+                            Err(e) => {
+                                crate::dsrs_warn!(
+                                    "ops",
+                                    "DSRS_KERNEL_DIR: cannot read {}: {e}; using the embedded copy",
+                                    dir.join(f.path.as_ref()).display()
+                                );
+                                f.text.clone()
+                            }
+                        },
                     })
                     .collect()
             };

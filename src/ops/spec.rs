@@ -44,6 +44,17 @@ pub struct Define {
     pub value: Cow<'static, str>,
 }
 
+impl Define {
+    /// The compiler argument: `-D<name>=<value>`, or `-D<name>` when the value is empty.
+    pub fn flag(&self) -> String {
+        if self.value.is_empty() {
+            format!("-D{}", self.name)
+        } else {
+            format!("-D{}={}", self.name, self.value)
+        }
+    }
+}
+
 /// Everything needed to build, check and load one op. Built-in ops are `const` values of
 /// this type (one file per op under `src/ops/builders/`); ops defined at run time own
 /// their strings.
