@@ -145,6 +145,31 @@ typedef struct DLManagedTensorVersioned {
 
 
 /**
+ * The plugin ABI version this library implements (`dsrs_accelerator_plugin_v1`).
+ */
+#define DSRS_ACCELERATOR_PLUGIN_ABI_VERSION 1
+
+/**
+ * Flag: the plugin's device memory is ordinary host memory the CPU may read and write.
+ */
+#define DSRS_PLUGIN_HOST_MEMORY 1
+
+/**
+ * Flag: work completes when it is submitted (DeepSpeed's `is_synchronized_device`).
+ */
+#define DSRS_PLUGIN_SYNCHRONOUS 2
+
+/**
+ * `dtype_support` result bit: buffers and kernels accept the type.
+ */
+#define DSRS_PLUGIN_DTYPE_SUPPORTED 1
+
+/**
+ * `dtype_support` result bit: the hardware computes in the type natively.
+ */
+#define DSRS_PLUGIN_DTYPE_NATIVE 2
+
+/**
  * Major version of deepspeed_rs.
  */
 #define DSRS_VERSION_MAJOR 0
@@ -253,6 +278,12 @@ enum dsrs_status
    */
   DSRS_STATUS_DEVICE_ERROR = 404,
   /**
+   * An accelerator plugin could not be loaded or failed validation: not a shared
+   * library, no `dsrs_accelerator_plugin_entry`, another plugin ABI version, a table too
+   * small, a required entry NULL.
+   */
+  DSRS_STATUS_PLUGIN_INVALID = 405,
+  /**
    * An op failed to compile; the message has the command, the compiler's first lines of
    * output and the path of the full log.
    */
@@ -319,6 +350,12 @@ typedef struct dsrs_buffer dsrs_buffer;
 typedef struct dsrs_event dsrs_event;
 
 /**
+ * A captured CUDA graph, from `dsrs_stream_end_capture`; freed with `dsrs_graph_free`.
+ * Replays are serialised per graph. Thread-safe.
+ */
+typedef struct dsrs_graph dsrs_graph;
+
+/**
  * A loaded op (built-in or defined at run time), from `dsrs_op_load`; freed with
  * `dsrs_op_free`. The op's code stays loaded for the life of the process. Thread-safe.
  */
@@ -354,6 +391,232 @@ typedef void (*dsrs_log_callback)(void *user_data,
                                   dsrs_log_level level,
                                   const char *target,
                                   const char *message);
+
+/**
+ * Memory statistics a plugin reports for one device (`memory_stats` entry).
+ */
+typedef struct dsrs_plugin_memory_stats {
+  /**
+   * Bytes currently allocated.
+   */
+  uint64_t allocated_bytes;
+  /**
+   * Highest `allocated_bytes` since creation or the last peak reset.
+   */
+  uint64_t peak_allocated_bytes;
+  /**
+   * Bytes reserved from the system (≥ allocated when the plugin caches).
+   */
+  uint64_t reserved_bytes;
+  /**
+   * Highest `reserved_bytes` since creation or the last peak reset.
+   */
+  uint64_t peak_reserved_bytes;
+  /**
+   * Live allocations.
+   */
+  uint64_t allocations;
+  /**
+   * Highest `allocations` since creation or the last peak reset.
+   */
+  uint64_t peak_allocations;
+  /**
+   * Allocations refused for lack of memory.
+   */
+  uint64_t num_ooms;
+} dsrs_plugin_memory_stats;
+
+/**
+ * The table a plugin fills in (ABI version 1).
+ *
+ * Every entry returns an `int32_t` status: 0 on success, else a `dsrs_status` value
+ * (`DSRS_STATUS_OUT_OF_MEMORY`, `DSRS_STATUS_UNSUPPORTED`, ... keep their meaning; any other
+ * nonzero value is reported as `DSRS_STATUS_DEVICE_ERROR`), with `last_error` explaining.
+ * Entries may be called from any thread, concurrently: the plugin must be thread-safe.
+ * `state` is what `init` returned. `device` is a device index below `device_count`.
+ * `stream` is a stream from `stream_create`, or NULL for the device's default stream.
+ *
+ * Required: `init`, `destroy`, `device_count`, `memory_info`, `allocate`, `deallocate`,
+ * `copy`, and `synchronize` unless `flags` has `DSRS_PLUGIN_SYNCHRONOUS`. Optional
+ * entries may be NULL; `stream_create`/`stream_destroy`/`stream_synchronize` come together
+ * (without them streams are host streams), and so do `event_create`/`event_destroy`/
+ * `event_record`/`event_synchronize`/`event_elapsed_ms` (without them events read the
+ * host clock).
+ */
+typedef struct dsrs_accelerator_plugin_v1 {
+  /**
+   * `DSRS_ACCELERATOR_PLUGIN_ABI_VERSION` as the plugin was built.
+   */
+  uint32_t abi_version;
+  /**
+   * `sizeof(dsrs_accelerator_plugin_v1)` as the plugin was built.
+   */
+  uint32_t struct_size;
+  /**
+   * The accelerator's name: ASCII letters, digits, '_' or '-' (e.g. `"hostmem"`).
+   */
+  const char *name;
+  /**
+   * `DSRS_PLUGIN_HOST_MEMORY` | `DSRS_PLUGIN_SYNCHRONOUS`.
+   */
+  uint32_t flags;
+  /**
+   * DLPack device type of its device memory (`kDLExtDev`, `kDLOneAPI`, ...).
+   */
+  int32_t dlpack_device_type;
+  /**
+   * Collective-communication engine name (`"hccl"`, `"ccl"`); NULL means `"mpi"`.
+   */
+  const char *communication_backend;
+  /**
+   * Whether the accelerator can be used here: returns 1 (available) or 0, and may write
+   * a NUL-terminated reason into `detail` (`len` bytes). NULL: always available.
+   */
+  int32_t (*probe)(char *detail, size_t len);
+  /**
+   * Creates an instance from options (a JSON object, or NULL) and writes its state.
+   */
+  int32_t (*init)(const char *options_json, void **state);
+  /**
+   * Destroys an instance (after every allocation, stream and event is released).
+   */
+  void (*destroy)(void *state);
+  /**
+   * The last error on the calling thread, NUL-terminated (`state` is NULL after a
+   * failed `init`). NULL entry: messages carry the status only.
+   */
+  const char *(*last_error)(void *state);
+  /**
+   * Number of devices (≥ 1).
+   */
+  int32_t (*device_count)(void *state, uint32_t *out);
+  /**
+   * A device's name, NUL-terminated into `buf` (`len` bytes). NULL: `"<name>:<index>"`.
+   */
+  int32_t (*device_name)(void *state, uint32_t device, char *buf, size_t len);
+  /**
+   * Total and available memory of a device, in bytes.
+   */
+  int32_t (*memory_info)(void *state, uint32_t device, uint64_t *total, uint64_t *available);
+  /**
+   * Allocates `size` (> 0) bytes aligned to `align` of `kind` (`DSRS_MEMORY_DEVICE` or
+   * `DSRS_MEMORY_PINNED`; pageable host memory is allocated by deepspeed_rs itself).
+   * The memory must be zeroed.
+   */
+  int32_t (*allocate)(void *state,
+                      uint32_t device,
+                      size_t size,
+                      size_t align,
+                      int32_t kind,
+                      void **out);
+  /**
+   * Frees an allocation (same device, size and kind as allocated).
+   */
+  int32_t (*deallocate)(void *state, uint32_t device, void *ptr, size_t size, int32_t kind);
+  /**
+   * Copies `n` bytes; `*_on_device` says whether each side is the plugin's device memory
+   * (else host memory). Copies touching host memory must be complete on return.
+   */
+  int32_t (*copy)(void *state,
+                  uint32_t device,
+                  void *dst,
+                  bool dst_on_device,
+                  const void *src,
+                  bool src_on_device,
+                  size_t n,
+                  void *stream);
+  /**
+   * Waits for all work on a device.
+   */
+  int32_t (*synchronize)(void *state, uint32_t device);
+  /**
+   * Fills `n` bytes of device memory with repetitions of a 1-, 2-, 4- or 8-byte
+   * pattern. NULL: deepspeed_rs stages the bytes and uses `copy`.
+   */
+  int32_t (*fill)(void *state,
+                  uint32_t device,
+                  void *dst,
+                  size_t n,
+                  const void *pattern,
+                  size_t pattern_size,
+                  void *stream);
+  /**
+   * The plugin allocator's statistics. NULL: deepspeed_rs counts the allocations.
+   */
+  int32_t (*memory_stats)(void *state, uint32_t device, struct dsrs_plugin_memory_stats *out);
+  /**
+   * Resets the peaks of `memory_stats` to the current values.
+   */
+  int32_t (*reset_peak_memory_stats)(void *state, uint32_t device);
+  /**
+   * Returns cached, unused memory to the system.
+   */
+  int32_t (*empty_cache)(void *state);
+  /**
+   * `DSRS_PLUGIN_DTYPE_SUPPORTED` | `DSRS_PLUGIN_DTYPE_NATIVE` for an element type.
+   * NULL: every type supported, native except float16 and bfloat16.
+   */
+  uint32_t (*dtype_support)(void *state, DLDataType dtype);
+  /**
+   * Creates a stream on a device.
+   */
+  int32_t (*stream_create)(void *state, uint32_t device, void **out);
+  /**
+   * Destroys a stream from `stream_create`.
+   */
+  void (*stream_destroy)(void *state, uint32_t device, void *stream);
+  /**
+   * Waits for the work on a stream.
+   */
+  int32_t (*stream_synchronize)(void *state, uint32_t device, void *stream);
+  /**
+   * Writes whether a stream's work has finished. NULL: synchronizes and answers true.
+   */
+  int32_t (*stream_query)(void *state, uint32_t device, void *stream, bool *out);
+  /**
+   * Makes future work on `stream` wait for `event`. NULL: waits on the host.
+   */
+  int32_t (*stream_wait_event)(void *state, uint32_t device, void *stream, void *event);
+  /**
+   * Creates an event; `timing` enables `event_elapsed_ms`.
+   */
+  int32_t (*event_create)(void *state, uint32_t device, bool timing, void **out);
+  /**
+   * Destroys an event.
+   */
+  void (*event_destroy)(void *state, void *event);
+  /**
+   * Records an event on a stream.
+   */
+  int32_t (*event_record)(void *state, void *event, void *stream);
+  /**
+   * Waits for a recorded event.
+   */
+  int32_t (*event_synchronize)(void *state, void *event);
+  /**
+   * Writes whether an event's work has finished. NULL: synchronizes and answers true.
+   */
+  int32_t (*event_query)(void *state, void *event, bool *out);
+  /**
+   * Milliseconds between two recorded timing events.
+   */
+  int32_t (*event_elapsed_ms)(void *state, void *start, void *end, double *out);
+  /**
+   * Opens a named profiling range on the calling thread.
+   */
+  int32_t (*range_push)(void *state, const char *name);
+  /**
+   * Closes the innermost range of the calling thread.
+   */
+  int32_t (*range_pop)(void *state);
+} dsrs_accelerator_plugin_v1;
+
+/**
+ * The type of the one symbol a plugin exports, `dsrs_accelerator_plugin_entry`: given the
+ * plugin ABI version of the loading library, it returns the plugin's table (static
+ * storage; the library is never unloaded), or NULL if it cannot serve that version.
+ */
+typedef const struct dsrs_accelerator_plugin_v1 *(*dsrs_accelerator_plugin_entry_fn)(uint32_t host_abi_version);
 
 
 
@@ -512,6 +775,30 @@ dsrs_status dsrs_accelerator_device_name(const struct dsrs_accelerator *accel,
                                          char *buf,
                                          size_t len,
                                          size_t *needed);
+
+/**
+ * A device's properties as a JSON object (two-call pattern): `index`, `name`, `uuid`
+ * (`"GPU-…"` on CUDA, else null), `compute_capability` (`[major, minor]` on CUDA, else
+ * null), `multiprocessors`, `total_memory`, `pci_bus_id`. `device` is -1 for the current
+ * device.
+ */
+dsrs_status dsrs_accelerator_device_properties_json(const struct dsrs_accelerator *accel,
+                                                    int32_t device,
+                                                    char *buf,
+                                                    size_t len,
+                                                    size_t *needed);
+
+/**
+ * Loads an accelerator plugin — a shared library exporting
+ * `dsrs_accelerator_plugin_entry` that returns a `dsrs_accelerator_plugin_v1` table — and
+ * registers its accelerator: it joins detection (before cuda and cpu) and can be created
+ * by name or chosen with `DSRS_ACCELERATOR`. Loading the same file twice is a no-op. A
+ * file that is not such a plugin, declares another plugin ABI version, or leaves a
+ * required entry NULL fails with `DSRS_STATUS_PLUGIN_INVALID` naming the file and the
+ * problem. Plugins are never unloaded. `DSRS_ACCELERATOR_PLUGINS=path:path` does the same
+ * on first use of the factory.
+ */
+dsrs_status dsrs_accelerator_load_plugin(const char *path);
 
 /**
  * Makes `device` the calling thread's current device.
@@ -1072,6 +1359,47 @@ dsrs_status dsrs_event_query(const struct dsrs_event *event, bool *out);
 dsrs_status dsrs_event_elapsed_ms(const struct dsrs_event *start,
                                   const struct dsrs_event *end,
                                   double *out);
+
+/**
+ * Wraps a stream the host created — a `cudaStream_t`/`CUstream` passed as `void*` — on
+ * the current device, so deepspeed_rs work can be ordered on it. The stream is borrowed:
+ * `dsrs_stream_free` releases the handle but never destroys the stream, and the host keeps
+ * it alive while the handle is used. NULL wraps the device's default stream. Accelerators
+ * without native streams (cpu, most plugins) return `DSRS_STATUS_UNSUPPORTED`.
+ */
+dsrs_status dsrs_stream_wrap(struct dsrs_accelerator *accel,
+                             void *native,
+                             struct dsrs_stream **out);
+
+/**
+ * Starts capturing the work submitted to `stream` (by this thread) into a graph: nothing
+ * runs until the graph is replayed. Capture needs a stream from `dsrs_stream_new` (not the
+ * default stream); copies to or from host memory cannot be captured. Accelerators without
+ * graphs (cpu, plugins) return `DSRS_STATUS_UNSUPPORTED`.
+ */
+dsrs_status dsrs_stream_begin_capture(struct dsrs_stream *stream);
+
+/**
+ * Ends the capture begun on `stream` and returns the instantiated graph in `*out` (free it
+ * with `dsrs_graph_free`).
+ */
+dsrs_status dsrs_stream_end_capture(struct dsrs_stream *stream, struct dsrs_graph **out);
+
+/**
+ * Launches the captured work again, on `stream` (NULL: the stream it was captured on).
+ * Returns once the launch is queued.
+ */
+dsrs_status dsrs_graph_replay(struct dsrs_graph *graph, struct dsrs_stream *stream);
+
+/**
+ * The number of nodes (kernels, copies, fills) in a graph.
+ */
+dsrs_status dsrs_graph_node_count(const struct dsrs_graph *graph, size_t *out);
+
+/**
+ * Releases a graph (NULL: no-op; stale: error, logged).
+ */
+dsrs_status dsrs_graph_free(struct dsrs_graph *graph);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A device or driver call failed.
     Device,
+    /// An accelerator plugin could not be loaded or failed validation (not a shared
+    /// library, no entry symbol, another plugin ABI version, a required entry missing).
+    PluginInvalid,
     /// An op failed to compile (the message has the command, the compiler's first lines
     /// and the full log's path).
     BuildFailed,
@@ -119,6 +122,9 @@ pub enum Error {
     /// See [`ErrorKind::Device`].
     #[error("{0}")]
     Device(String),
+    /// See [`ErrorKind::PluginInvalid`].
+    #[error("{0}")]
+    PluginInvalid(String),
     /// See [`ErrorKind::BuildFailed`].
     #[error("{0}")]
     BuildFailed(String),
@@ -178,6 +184,7 @@ impl Error {
             Error::OutOfMemory(_) => ErrorKind::OutOfMemory,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Device(_) => ErrorKind::Device,
+            Error::PluginInvalid(_) => ErrorKind::PluginInvalid,
             Error::BuildFailed(_) => ErrorKind::BuildFailed,
             Error::Incompatible { .. } => ErrorKind::Incompatible,
             Error::UnknownOp { .. } => ErrorKind::UnknownOp,

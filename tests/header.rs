@@ -167,7 +167,10 @@ fn generated_names_carry_the_dsrs_prefix() {
             rest.split_whitespace().next()
         } else if let Some(rest) = line.strip_prefix("enum ") {
             rest.split_whitespace().next()
-        } else if let Some((_, rest)) = line.split_once("(*") {
+        } else if let Some((_, rest)) = line
+            .strip_prefix("typedef ")
+            .and_then(|l| l.split_once("(*"))
+        {
             rest.split(')').next() // a function-pointer typedef: typedef R (*name)(...
         } else if line.starts_with("typedef ") {
             line.trim_end_matches(';').rsplit([' ', '*']).next()

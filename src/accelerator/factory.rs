@@ -2,8 +2,9 @@
 //! `DSRS_ACCELERATOR` override, creation by name, and the process-wide current accelerator.
 //!
 //! Detection order (first available wins):
-//! 1. accelerators registered at run time with [`register_provider`], in registration order;
-//! 2. `cuda`, when its driver loads and reports a device (and this build can drive it);
+//! 1. accelerator plugins and other providers registered at run time (the plugins of
+//!    `DSRS_ACCELERATOR_PLUGINS` first, loaded on first use), in registration order;
+//! 2. `cuda`, when its driver (CUDA 12.0 or newer) loads and reports a device;
 //! 3. `cpu`, always available.
 //!
 //! `DSRS_ACCELERATOR=<name>` skips detection. An unknown name, or an accelerator that is not
@@ -87,25 +88,26 @@ impl AcceleratorProvider for CudaProvider {
                 detail: reason.clone(),
             },
             None => Probe {
-                available: false,
+                available: true,
                 detail: format!(
-                    "the CUDA driver{} reports {} device(s), but this build of deepspeed_rs does not drive CUDA yet",
-                    p.driver_version_string()
-                        .map(|v| format!(" {v}"))
-                        .unwrap_or_default(),
-                    p.device_count
+                    "{} device(s), CUDA driver {}",
+                    p.device_count,
+                    p.driver_version_string().unwrap_or_else(|| "?".into())
                 ),
             },
         }
     }
-    fn create(&self, _options: &Value) -> Result<Arc<dyn Accelerator>> {
-        Err(Error::unavailable("cuda", self.probe().detail))
+    fn create(&self, options: &Value) -> Result<Arc<dyn Accelerator>> {
+        Ok(Arc::new(cuda::CudaAccelerator::new(
+            cuda::CudaOptions::from_json(options)?,
+        )?))
     }
 }
 
 static PLUGINS: RwLock<Vec<Arc<dyn AcceleratorProvider>>> = RwLock::new(Vec::new());
 
 fn providers() -> Vec<Arc<dyn AcceleratorProvider>> {
+    super::plugin::load_env_plugins();
     let mut v: Vec<Arc<dyn AcceleratorProvider>> = PLUGINS.read().clone();
     v.push(Arc::new(CudaProvider));
     v.push(Arc::new(CpuProvider));
@@ -163,10 +165,12 @@ pub struct Candidate {
     pub probe: Probe,
 }
 
-/// Probes every accelerator, in detection order.
+/// Probes every accelerator, in detection order, followed by the plugins of
+/// `DSRS_ACCELERATOR_PLUGINS` that failed to load (named `plugin:<path>`).
 pub fn probe_all() -> Vec<Candidate> {
+    let providers = providers();
     let n_plugins = PLUGINS.read().len();
-    providers()
+    let mut all: Vec<Candidate> = providers
         .iter()
         .enumerate()
         .map(|(order, p)| Candidate {
@@ -175,7 +179,19 @@ pub fn probe_all() -> Vec<Candidate> {
             builtin: order >= n_plugins,
             probe: p.probe(),
         })
-        .collect()
+        .collect();
+    for (path, error) in super::plugin::env_failures() {
+        all.push(Candidate {
+            name: format!("plugin:{path}"),
+            order: all.len(),
+            builtin: false,
+            probe: Probe {
+                available: false,
+                detail: error,
+            },
+        });
+    }
+    all
 }
 
 fn parse_options(options: Option<&str>) -> Result<Value> {

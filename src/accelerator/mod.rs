@@ -22,11 +22,14 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 mod buffer;
+pub mod counters;
 pub mod cpu;
 pub mod cuda;
 pub mod factory;
+pub mod plugin;
 pub mod rng;
 mod stream;
+mod thread;
 
 pub use buffer::{Buffer, DEFAULT_ALIGNMENT, MAX_ALIGNMENT};
 pub use factory::{
@@ -183,6 +186,36 @@ pub trait Event: Send + Sync + fmt::Debug {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// A captured sequence of work (a CUDA graph) that can be replayed on a stream.
+pub trait Graph: Send + Sync + fmt::Debug {
+    /// The [`Accelerator::id`] of the accelerator that captured it.
+    fn accelerator_id(&self) -> u64;
+    /// Launches the captured work on `stream` (the capturing stream's device's current
+    /// stream for `None`).
+    fn replay(&self, stream: Option<&dyn Stream>) -> Result<()>;
+    /// The number of nodes (kernels, copies, fills...) in the graph.
+    fn node_count(&self) -> Result<usize>;
+}
+
+/// Properties of one device (DeepSpeed's `get_device_properties`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceProperties {
+    /// Device index.
+    pub index: usize,
+    /// Name (the GPU's or the CPU model).
+    pub name: String,
+    /// A stable identifier (`GPU-xxxxxxxx-...` for CUDA, as `nvidia-smi -L` shows).
+    pub uuid: Option<String>,
+    /// Compute capability `(major, minor)` of a CUDA device.
+    pub compute_capability: Option<(u32, u32)>,
+    /// Streaming multiprocessors (CUDA) or logical CPUs.
+    pub multiprocessors: Option<u32>,
+    /// Total memory in bytes.
+    pub total_memory: u64,
+    /// PCI location `domain:bus:device.0`, when the device has one.
+    pub pci_bus_id: Option<String>,
+}
+
 static NEXT_ACCELERATOR_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh identifier for a new accelerator instance.
@@ -227,6 +260,16 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     fn device_count(&self) -> usize;
     /// A device's name (the CPU model, the GPU's name).
     fn device_name(&self, device: Option<usize>) -> Result<String>;
+    /// Properties of a device (name, UUID, compute capability, ...).
+    fn device_properties(&self, device: Option<usize>) -> Result<DeviceProperties> {
+        let d = self.resolve_device(device)?;
+        Ok(DeviceProperties {
+            index: d,
+            name: self.device_name(Some(d))?,
+            total_memory: self.total_memory(Some(d))?,
+            ..DeviceProperties::default()
+        })
+    }
     /// Makes `device` the calling thread's current device.
     fn set_device(&self, device: usize) -> Result<()>;
     /// The calling thread's current device.
@@ -320,6 +363,40 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()>;
     /// A new event; `timing` enables [`Event::elapsed_ms`].
     fn new_event(&self, timing: bool) -> Result<Arc<dyn Event>>;
+    /// Wraps a stream the host created (a `cudaStream_t` as `void*`) on the current device.
+    /// The returned stream never destroys it: the host keeps it alive while it is used.
+    ///
+    /// # Safety
+    /// `native` must be a live native stream of this accelerator's current device.
+    unsafe fn wrap_stream(&self, native: *mut std::ffi::c_void) -> Result<Arc<dyn Stream>> {
+        let _ = native;
+        Err(Error::Unsupported(format!(
+            "the {} accelerator has no native streams to wrap",
+            self.name()
+        )))
+    }
+
+    /// Whether [`Accelerator::begin_capture`] can record graphs.
+    fn supports_graphs(&self) -> bool {
+        false
+    }
+    /// Starts capturing the work submitted to `stream` into a graph (nothing runs until the
+    /// graph is replayed). Work from other threads is not captured.
+    fn begin_capture(&self, stream: &dyn Stream) -> Result<()> {
+        let _ = stream;
+        Err(Error::Unsupported(format!(
+            "the {} accelerator does not support graph capture",
+            self.name()
+        )))
+    }
+    /// Ends the capture started on `stream` and returns the graph, ready to replay.
+    fn end_capture(&self, stream: Arc<dyn Stream>) -> Result<Arc<dyn Graph>> {
+        let _ = stream;
+        Err(Error::Unsupported(format!(
+            "the {} accelerator does not support graph capture",
+            self.name()
+        )))
+    }
 
     /// Opens a named profiling range on the calling thread.
     fn range_push(&self, name: &str) -> Result<()>;
@@ -407,12 +484,17 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     fn describe(&self) -> Value {
         let devices: Vec<Value> = (0..self.device_count())
             .map(|d| {
-                json!({
-                    "index": d,
-                    "name": self.device_name(Some(d)).unwrap_or_else(|e| e.to_string()),
-                    "total_memory": self.total_memory(Some(d)).ok(),
-                    "available_memory": self.available_memory(Some(d)).ok(),
-                })
+                let mut v = match self.device_properties(Some(d)) {
+                    Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+                    Err(e) => json!({"index": d, "error": e.to_string()}),
+                };
+                if let Value::Object(m) = &mut v {
+                    m.insert(
+                        "available_memory".into(),
+                        json!(self.available_memory(Some(d)).ok()),
+                    );
+                }
+                v
             })
             .collect();
         let dtypes: Vec<Value> = DType::ALL
@@ -431,6 +513,7 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
             "devices": devices,
             "communication_backend": self.communication_backend_name(),
             "synchronized_device": self.is_synchronized_device(),
+            "graphs": self.supports_graphs(),
             "bf16_supported": self.is_bf16_supported(),
             "fp16_supported": self.is_fp16_supported(),
             "dtypes": dtypes,

@@ -101,6 +101,20 @@ impl State {
         Ok(State { seed, offset })
     }
 
+    /// Reserves the counter blocks a fill of `n` elements of `dtype` uses (after checking the
+    /// distribution against the type): returns the first block and advances the offset past
+    /// them. Device backends pass the first block to their kernel; on failure the caller
+    /// restores the previous offset.
+    pub fn take(&mut self, dist: Distribution, dtype: DType, n: usize) -> Result<u64> {
+        dist.validate(dtype)?;
+        let blocks = dist.words(dtype, n as u64).div_ceil(4);
+        let start = self.offset;
+        self.offset = start.checked_add(blocks).ok_or_else(|| {
+            Error::InvalidState("the RNG offset would overflow; reseed the generator".into())
+        })?;
+        Ok(start)
+    }
+
     fn key(&self) -> [u32; 2] {
         [self.seed as u32, (self.seed >> 32) as u32]
     }

@@ -210,6 +210,43 @@ pub unsafe extern "C" fn dsrs_accelerator_device_name(
     }
 }
 
+/// A device's properties as a JSON object (two-call pattern): `index`, `name`, `uuid`
+/// (`"GPU-…"` on CUDA, else null), `compute_capability` (`[major, minor]` on CUDA, else
+/// null), `multiprocessors`, `total_memory`, `pci_bus_id`. `device` is -1 for the current
+/// device.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_device_properties_json(
+    accel: *const dsrs_accelerator,
+    device: i32,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> dsrs_status {
+    ffi_body! {
+        let a = accel_arg(accel, "accel")?;
+        let p = a.device_properties(arg_device(device, "device")?)?;
+        let text = serde_json::to_string(&p).map_err(|e| FfiError::from(crate::Error::Internal(e.to_string())))?;
+        write_str_out(&text, buf, len, needed)
+    }
+}
+
+/// Loads an accelerator plugin — a shared library exporting
+/// `dsrs_accelerator_plugin_entry` that returns a `dsrs_accelerator_plugin_v1` table — and
+/// registers its accelerator: it joins detection (before cuda and cpu) and can be created
+/// by name or chosen with `DSRS_ACCELERATOR`. Loading the same file twice is a no-op. A
+/// file that is not such a plugin, declares another plugin ABI version, or leaves a
+/// required entry NULL fails with `DSRS_STATUS_PLUGIN_INVALID` naming the file and the
+/// problem. Plugins are never unloaded. `DSRS_ACCELERATOR_PLUGINS=path:path` does the same
+/// on first use of the factory.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_accelerator_load_plugin(path: *const c_char) -> dsrs_status {
+    ffi_body! {
+        let path = arg_str(path, "path")?;
+        accelerator::plugin::load_plugin(path)?;
+        Ok(())
+    }
+}
+
 /// Makes `device` the calling thread's current device.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dsrs_accelerator_set_device(

@@ -340,6 +340,12 @@ pub struct dsrs_op {
     _private: [u8; 0],
 }
 
+/// A captured CUDA graph, from `dsrs_stream_end_capture`; freed with `dsrs_graph_free`.
+/// Replays are serialised per graph. Thread-safe.
+pub struct dsrs_graph {
+    _private: [u8; 0],
+}
+
 macro_rules! handle_registry {
     ($name:ident, $target:ty, $tag:expr, $registry:ident) => {
         static $registry: handle::Registry<$target> = handle::Registry::new();
@@ -364,6 +370,7 @@ handle_registry!(dsrs_buffer, crate::accelerator::Buffer, 0xA2, BUFFERS);
 handle_registry!(dsrs_stream, stream::StreamObject, 0xA3, STREAMS);
 handle_registry!(dsrs_event, stream::EventObject, 0xA4, EVENTS);
 handle_registry!(dsrs_op, crate::ops::LoadedOp, 0xA5, OPS);
+handle_registry!(dsrs_graph, stream::GraphObject, 0xA6, GRAPHS);
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,10 @@ pub enum dsrs_status {
     DSRS_STATUS_UNSUPPORTED = 403,
     /// A device or driver call failed.
     DSRS_STATUS_DEVICE_ERROR = 404,
+    /// An accelerator plugin could not be loaded or failed validation: not a shared
+    /// library, no `dsrs_accelerator_plugin_entry`, another plugin ABI version, a table too
+    /// small, a required entry NULL.
+    DSRS_STATUS_PLUGIN_INVALID = 405,
     /// An op failed to compile; the message has the command, the compiler's first lines of
     /// output and the path of the full log.
     DSRS_STATUS_BUILD_FAILED = 500,
@@ -75,7 +79,7 @@ pub enum dsrs_status {
 use dsrs_status::*;
 
 /// Every status, in numeric order.
-pub(crate) const ALL_STATUSES: [dsrs_status; 28] = [
+pub(crate) const ALL_STATUSES: [dsrs_status; 29] = [
     DSRS_STATUS_OK,
     DSRS_STATUS_NULL_ARGUMENT,
     DSRS_STATUS_INVALID_ARGUMENT,
@@ -95,6 +99,7 @@ pub(crate) const ALL_STATUSES: [dsrs_status; 28] = [
     DSRS_STATUS_OUT_OF_MEMORY,
     DSRS_STATUS_UNSUPPORTED,
     DSRS_STATUS_DEVICE_ERROR,
+    DSRS_STATUS_PLUGIN_INVALID,
     DSRS_STATUS_BUILD_FAILED,
     DSRS_STATUS_OP_INCOMPATIBLE,
     DSRS_STATUS_UNKNOWN_OP,
@@ -134,6 +139,7 @@ impl dsrs_status {
             DSRS_STATUS_OUT_OF_MEMORY => "DSRS_STATUS_OUT_OF_MEMORY\0",
             DSRS_STATUS_UNSUPPORTED => "DSRS_STATUS_UNSUPPORTED\0",
             DSRS_STATUS_DEVICE_ERROR => "DSRS_STATUS_DEVICE_ERROR\0",
+            DSRS_STATUS_PLUGIN_INVALID => "DSRS_STATUS_PLUGIN_INVALID\0",
             DSRS_STATUS_BUILD_FAILED => "DSRS_STATUS_BUILD_FAILED\0",
             DSRS_STATUS_OP_INCOMPATIBLE => "DSRS_STATUS_OP_INCOMPATIBLE\0",
             DSRS_STATUS_UNKNOWN_OP => "DSRS_STATUS_UNKNOWN_OP\0",
@@ -168,6 +174,7 @@ impl From<ErrorKind> for dsrs_status {
             ErrorKind::OutOfMemory => DSRS_STATUS_OUT_OF_MEMORY,
             ErrorKind::Unsupported => DSRS_STATUS_UNSUPPORTED,
             ErrorKind::Device => DSRS_STATUS_DEVICE_ERROR,
+            ErrorKind::PluginInvalid => DSRS_STATUS_PLUGIN_INVALID,
             ErrorKind::BuildFailed => DSRS_STATUS_BUILD_FAILED,
             ErrorKind::Incompatible => DSRS_STATUS_OP_INCOMPATIBLE,
             ErrorKind::UnknownOp => DSRS_STATUS_UNKNOWN_OP,

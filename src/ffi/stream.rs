@@ -6,14 +6,20 @@ use std::sync::Arc;
 use super::accelerator::accel_arg;
 use super::handle::{get, insert, remove};
 use super::status::dsrs_status::*;
-use super::{FfiError, Out, dsrs_accelerator, dsrs_event, dsrs_status, dsrs_stream};
-use crate::accelerator::{Accelerator, Event, Stream};
+use super::{FfiError, Out, dsrs_accelerator, dsrs_event, dsrs_graph, dsrs_status, dsrs_stream};
+use crate::accelerator::{Accelerator, Event, Graph, Stream};
 use crate::{dsrs_warn, ffi_body};
 
 /// What a `dsrs_stream` handle holds: the stream and the accelerator that made it.
 pub struct StreamObject {
     pub(crate) accel: Arc<dyn Accelerator>,
     pub(crate) stream: Arc<dyn Stream>,
+}
+
+/// What a `dsrs_graph` handle holds.
+pub struct GraphObject {
+    pub(crate) accel: Arc<dyn Accelerator>,
+    pub(crate) graph: Arc<dyn Graph>,
 }
 
 /// What a `dsrs_event` handle holds.
@@ -253,5 +259,92 @@ pub unsafe extern "C" fn dsrs_event_elapsed_ms(
         let ms = s.event.elapsed_ms(e.event.as_ref())?;
         out.write(ms);
         Ok(())
+    }
+}
+
+/// Wraps a stream the host created — a `cudaStream_t`/`CUstream` passed as `void*` — on
+/// the current device, so deepspeed_rs work can be ordered on it. The stream is borrowed:
+/// `dsrs_stream_free` releases the handle but never destroys the stream, and the host keeps
+/// it alive while the handle is used. NULL wraps the device's default stream. Accelerators
+/// without native streams (cpu, most plugins) return `DSRS_STATUS_UNSUPPORTED`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_stream_wrap(
+    accel: *mut dsrs_accelerator,
+    native: *mut c_void,
+    out: *mut *mut dsrs_stream,
+) -> dsrs_status {
+    ffi_body! {
+        let out = Out::new(out, "out")?;
+        let a = accel_arg(accel, "accel")?;
+        // SAFETY: the caller passes a live native stream of the current device.
+        let s = unsafe { a.wrap_stream(native) }?;
+        out.write(stream_handle(a, s)?);
+        Ok(())
+    }
+}
+
+/// Starts capturing the work submitted to `stream` (by this thread) into a graph: nothing
+/// runs until the graph is replayed. Capture needs a stream from `dsrs_stream_new` (not the
+/// default stream); copies to or from host memory cannot be captured. Accelerators without
+/// graphs (cpu, plugins) return `DSRS_STATUS_UNSUPPORTED`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_stream_begin_capture(stream: *mut dsrs_stream) -> dsrs_status {
+    ffi_body! {
+        let s = get(stream, "stream")?;
+        s.accel.begin_capture(s.stream.as_ref())?;
+        Ok(())
+    }
+}
+
+/// Ends the capture begun on `stream` and returns the instantiated graph in `*out` (free it
+/// with `dsrs_graph_free`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_stream_end_capture(
+    stream: *mut dsrs_stream,
+    out: *mut *mut dsrs_graph,
+) -> dsrs_status {
+    ffi_body! {
+        let out = Out::new(out, "out")?;
+        let s = get(stream, "stream")?;
+        let graph = s.accel.end_capture(Arc::clone(&s.stream))?;
+        out.write(insert(Arc::new(GraphObject { accel: Arc::clone(&s.accel), graph }))?);
+        Ok(())
+    }
+}
+
+/// Launches the captured work again, on `stream` (NULL: the stream it was captured on).
+/// Returns once the launch is queued.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_graph_replay(
+    graph: *mut dsrs_graph,
+    stream: *mut dsrs_stream,
+) -> dsrs_status {
+    ffi_body! {
+        let g = get(graph, "graph")?;
+        let s = opt_stream_arg(stream, &g.accel)?;
+        g.graph.replay(s.as_deref())?;
+        Ok(())
+    }
+}
+
+/// The number of nodes (kernels, copies, fills) in a graph.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_graph_node_count(
+    graph: *const dsrs_graph,
+    out: *mut usize,
+) -> dsrs_status {
+    ffi_body! {
+        let out = Out::new(out, "out")?;
+        let g = get(graph, "graph")?;
+        out.write(g.graph.node_count()?);
+        Ok(())
+    }
+}
+
+/// Releases a graph (NULL: no-op; stale: error, logged).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dsrs_graph_free(graph: *mut dsrs_graph) -> dsrs_status {
+    ffi_body! {
+        remove(graph, "graph").inspect_err(|e| dsrs_warn!("ffi", "dsrs_graph_free: {}", e.message))
     }
 }

@@ -2,12 +2,9 @@
 //! page-locked, counted in [`MemoryStats`].
 
 use std::alloc::Layout;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-use parking_lot::Mutex;
 
 use super::sysinfo::{memlock_limit, page_size};
+use crate::accelerator::counters::{Counters, Ranges};
 use crate::accelerator::{Allocation, MemoryKind, MemoryStats};
 use crate::error::{Error, Result};
 
@@ -15,19 +12,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     limit: Option<u64>,
-    allocated: AtomicU64,
-    peak_allocated: AtomicU64,
-    allocations: AtomicU64,
-    peak_allocations: AtomicU64,
-    allocations_total: AtomicU64,
-    frees_total: AtomicU64,
-    allocated_bytes_total: AtomicU64,
-    freed_bytes_total: AtomicU64,
-    pinned: AtomicU64,
-    peak_pinned: AtomicU64,
-    ooms: AtomicU64,
-    /// Page-locked ranges: start → length.
-    pinned_ranges: Mutex<BTreeMap<usize, usize>>,
+    counters: Counters,
+    /// Page-locked ranges.
+    pinned_ranges: Ranges,
 }
 
 impl Tracker {
@@ -42,74 +29,25 @@ impl Tracker {
         self.limit
     }
 
-    /// Accounts for `size` more bytes, or fails when that would pass the limit.
     fn reserve(&self, size: u64) -> Result<()> {
-        let limit = self.limit.unwrap_or(u64::MAX);
-        let update = self.allocated.fetch_update(Relaxed, Relaxed, |cur| {
-            cur.checked_add(size).filter(|&n| n <= limit)
-        });
-        match update {
-            Ok(prev) => {
-                self.peak_allocated.fetch_max(prev + size, Relaxed);
-                let live = self.allocations.fetch_add(1, Relaxed) + 1;
-                self.peak_allocations.fetch_max(live, Relaxed);
-                self.allocations_total.fetch_add(1, Relaxed);
-                self.allocated_bytes_total.fetch_add(size, Relaxed);
-                Ok(())
-            }
-            Err(cur) => {
-                self.ooms.fetch_add(1, Relaxed);
-                Err(Error::OutOfMemory(format!(
-                    "cannot allocate {size} bytes: the cpu accelerator's memory_limit is {limit} bytes and {cur} are allocated"
-                )))
-            }
-        }
+        self.counters.reserve(size, self.limit, "cpu")
     }
 
     fn release(&self, size: u64) {
-        self.allocated.fetch_sub(size, Relaxed);
-        self.allocations.fetch_sub(1, Relaxed);
-        self.frees_total.fetch_add(1, Relaxed);
-        self.freed_bytes_total.fetch_add(size, Relaxed);
+        self.counters.release(size)
     }
 
     pub(super) fn stats(&self) -> MemoryStats {
-        let allocated = self.allocated.load(Relaxed);
-        let peak = self.peak_allocated.load(Relaxed);
-        MemoryStats {
-            allocated_bytes: allocated,
-            peak_allocated_bytes: peak,
-            // No caching allocator on the host: reserved equals allocated.
-            reserved_bytes: allocated,
-            peak_reserved_bytes: peak,
-            allocations: self.allocations.load(Relaxed),
-            peak_allocations: self.peak_allocations.load(Relaxed),
-            allocations_total: self.allocations_total.load(Relaxed),
-            frees_total: self.frees_total.load(Relaxed),
-            allocated_bytes_total: self.allocated_bytes_total.load(Relaxed),
-            freed_bytes_total: self.freed_bytes_total.load(Relaxed),
-            pinned_bytes: self.pinned.load(Relaxed),
-            peak_pinned_bytes: self.peak_pinned.load(Relaxed),
-            num_ooms: self.ooms.load(Relaxed),
-            limit_bytes: self.limit,
-        }
+        self.counters.stats(self.limit)
     }
 
     pub(super) fn reset_peaks(&self) {
-        self.peak_allocated
-            .store(self.allocated.load(Relaxed), Relaxed);
-        self.peak_allocations
-            .store(self.allocations.load(Relaxed), Relaxed);
-        self.peak_pinned.store(self.pinned.load(Relaxed), Relaxed);
+        self.counters.reset_peaks()
     }
 
     /// Whether `ptr` lies inside a page-locked allocation.
     pub(super) fn is_pinned(&self, ptr: usize) -> bool {
-        let ranges = self.pinned_ranges.lock();
-        ranges
-            .range(..=ptr)
-            .next_back()
-            .is_some_and(|(&start, &len)| ptr < start + len)
+        self.pinned_ranges.contains(ptr)
     }
 
     /// Allocates zeroed host memory of `kind` (Device and Host are the same on the CPU).
@@ -129,7 +67,7 @@ impl Tracker {
             let p = unsafe { std::alloc::alloc_zeroed(layout) };
             if p.is_null() {
                 self.release(size as u64);
-                self.ooms.fetch_add(1, Relaxed);
+                self.counters.note_oom();
                 return Err(Error::OutOfMemory(format!(
                     "the system could not allocate {size} bytes of host memory"
                 )));
@@ -141,12 +79,11 @@ impl Tracker {
                 // SAFETY: allocated above with this layout.
                 unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
                 self.release(size as u64);
-                self.ooms.fetch_add(1, Relaxed);
+                self.counters.note_oom();
                 return Err(e);
             }
-            self.pinned_ranges.lock().insert(ptr, layout.size());
-            let now = self.pinned.fetch_add(size as u64, Relaxed) + size as u64;
-            self.peak_pinned.fetch_max(now, Relaxed);
+            self.pinned_ranges.insert(ptr, layout.size());
+            self.counters.add_pinned(size as u64);
         }
         Ok(Allocation {
             ptr,
@@ -167,9 +104,9 @@ impl Tracker {
         };
         if a.ptr != 0 {
             if a.kind == MemoryKind::Pinned {
-                self.pinned_ranges.lock().remove(&a.ptr);
+                self.pinned_ranges.remove(a.ptr);
                 unlock_pages(a.ptr, layout.size());
-                self.pinned.fetch_sub(a.size as u64, Relaxed);
+                self.counters.sub_pinned(a.size as u64);
             }
             // SAFETY: the caller guarantees `a` came from `allocate` with this layout.
             unsafe { std::alloc::dealloc(a.ptr as *mut u8, layout) };

@@ -12,16 +12,14 @@
 //! Options (JSON object, all optional): `devices` (≥ 1), `memory_limit` (bytes),
 //! `seed` (initial RNG seed).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::rng::{self, Distribution};
 use super::stream::{HostEvent, HostStream};
+use super::thread::{self, with_thread};
 use super::{Accelerator, Allocation, DTypeSupport, Event, MemoryKind, MemoryStats, Stream};
 use crate::dlpack::{TensorRef, kDLCPU, kDLCUDAHost};
 use crate::dtype::DType;
@@ -88,22 +86,6 @@ impl CpuOptions {
         }
         Ok(o)
     }
-}
-
-/// Per-thread, per-accelerator state: current device and stream, open profiling ranges.
-#[derive(Default)]
-struct ThreadState {
-    device: usize,
-    stream: Option<Arc<dyn Stream>>,
-    ranges: Vec<(String, Instant)>,
-}
-
-thread_local! {
-    static THREAD: RefCell<HashMap<u64, ThreadState>> = RefCell::new(HashMap::new());
-}
-
-fn with_thread<R>(id: u64, f: impl FnOnce(&mut ThreadState) -> R) -> R {
-    THREAD.with(|t| f(t.borrow_mut().entry(id).or_default()))
 }
 
 /// The CPU accelerator.
@@ -202,12 +184,7 @@ impl Accelerator for CpuAccelerator {
     }
     fn set_device(&self, device: usize) -> Result<()> {
         self.resolve_device(Some(device))?;
-        with_thread(self.id, |t| {
-            if t.device != device {
-                t.stream = None; // a current stream belongs to the previous device
-            }
-            t.device = device;
-        });
+        thread::set_device(self.id, device);
         Ok(())
     }
     fn current_device(&self) -> usize {
@@ -321,11 +298,7 @@ impl Accelerator for CpuAccelerator {
     }
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()> {
         self.check_stream(Some(stream.as_ref()))?;
-        let device = stream.device();
-        with_thread(self.id, |t| {
-            t.device = device;
-            t.stream = Some(stream);
-        });
+        thread::set_stream(self.id, stream);
         Ok(())
     }
     fn new_event(&self, timing: bool) -> Result<Arc<dyn Event>> {
@@ -334,20 +307,12 @@ impl Accelerator for CpuAccelerator {
 
     fn range_push(&self, name: &str) -> Result<()> {
         dsrs_debug!("range", "push {name:?}");
-        with_thread(self.id, |t| {
-            t.ranges.push((name.to_string(), Instant::now()))
-        });
+        thread::push_range(self.id, name);
         Ok(())
     }
     fn range_pop(&self) -> Result<()> {
-        let (name, start) = with_thread(self.id, |t| t.ranges.pop()).ok_or_else(|| {
-            Error::InvalidState("range_pop without a matching range_push on this thread".into())
-        })?;
-        dsrs_info!(
-            "range",
-            "{name:?} took {:.3} ms",
-            start.elapsed().as_secs_f64() * 1e3
-        );
+        let (name, ms) = thread::pop_range(self.id)?;
+        dsrs_info!("range", "{name:?} took {ms:.3} ms");
         Ok(())
     }
 

@@ -5,21 +5,28 @@
 //! probe checks for it first and keeps every call inside `catch_unwind`; a machine with no
 //! driver, or a driver but no device, gets a reason — never a panic or an abort.
 //!
-//! This release detects CUDA and reports it; the CUDA accelerator itself (devices, streams,
-//! memory pools, kernels) is the next milestone, so until then the factory treats CUDA as
-//! unavailable and says why.
+//! [`CudaAccelerator`] drives the devices: primary contexts, stream-ordered memory pools,
+//! pinned memory, streams, events, graphs, NVTX ranges and the Philox kernels.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use serde::Serialize;
 
+mod accel;
+pub(crate) mod driver;
+mod nvtx;
+mod stream;
+
+pub use accel::{CudaAccelerator, CudaOptions, MIN_DRIVER_VERSION};
+pub use stream::{CudaEvent, CudaGraph, CudaStream};
+
 /// What the CUDA probe found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CudaProbe {
     /// The driver library could be loaded.
     pub driver_loaded: bool,
-    /// The driver's CUDA version as `major * 1000 + minor * 10` (e.g. 13000), when known.
+    /// The driver's CUDA version as `major * 1000 + minor * 10` (e.g. 12080), when known.
     pub driver_version: Option<i32>,
     /// Number of CUDA devices the driver reports.
     pub device_count: usize,
@@ -28,7 +35,7 @@ pub struct CudaProbe {
 }
 
 impl CudaProbe {
-    /// `"13.0"` for 13000.
+    /// `"12.8"` for 12080.
     pub fn driver_version_string(&self) -> Option<String> {
         self.driver_version
             .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
@@ -41,12 +48,7 @@ pub fn probe() -> &'static CudaProbe {
     PROBE.get_or_init(probe_uncached)
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
+use driver::panic_text;
 
 /// Probes the CUDA driver now (no caching).
 pub fn probe_uncached() -> CudaProbe {
@@ -103,6 +105,14 @@ pub fn probe_uncached() -> CudaProbe {
         .flatten()
     } else {
         None
+    };
+    let reason = match (reason, driver_version) {
+        (None, Some(v)) if v < MIN_DRIVER_VERSION => Some(format!(
+            "the CUDA driver supports CUDA {}.{}, older than the oldest supported, 12.0; update the NVIDIA driver to R525 or newer",
+            v / 1000,
+            v % 1000 / 10
+        )),
+        (r, _) => r,
     };
     CudaProbe {
         driver_loaded: true,
