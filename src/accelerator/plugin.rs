@@ -1363,3 +1363,61 @@ impl PluginAccelerator {
         Ok((total, avail))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout is the ABI: two u32s, a pointer, a u32 and an i32, a pointer, then 29
+    /// function pointers. A change here must come with a new ABI version.
+    #[test]
+    fn the_v1_table_layout_is_fixed() {
+        let p = std::mem::size_of::<usize>();
+        assert_eq!(
+            std::mem::size_of::<dsrs_accelerator_plugin_v1>(),
+            8 + p + 8 + p + 29 * p
+        );
+        assert_eq!(
+            std::mem::offset_of!(dsrs_accelerator_plugin_v1, probe),
+            8 + p + 8 + p
+        );
+        assert_eq!(std::mem::size_of::<dsrs_plugin_memory_stats>(), 7 * 8);
+    }
+
+    fn empty_table() -> dsrs_accelerator_plugin_v1 {
+        // SAFETY: all-zero is a valid table (NULL pointers, None entries).
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[test]
+    fn validation_names_what_is_missing() {
+        let mut t = empty_table();
+        let path = Path::new("/p/libx.so");
+        let e = validate(&t, path).unwrap_err();
+        assert_eq!(e.to_string(), "plugin /p/libx.so: its table has no name");
+        t.name = c"bad name".as_ptr();
+        assert!(
+            validate(&t, path)
+                .unwrap_err()
+                .to_string()
+                .contains("must be non-empty ASCII")
+        );
+        t.name = c"x".as_ptr();
+        let e = validate(&t, path).unwrap_err().to_string();
+        assert!(
+            e.contains("required entries are NULL: init, destroy, device_count, memory_info, allocate, deallocate, copy, synchronize"),
+            "{e}"
+        );
+        unsafe extern "C" fn sync(_: *mut c_void, _: u32) -> i32 {
+            0
+        }
+        unsafe extern "C" fn create(_: *mut c_void, _: u32, _: *mut *mut c_void) -> i32 {
+            0
+        }
+        t.synchronize = Some(sync);
+        t.stream_create = Some(create);
+        let e = validate(&t, path).unwrap_err().to_string();
+        assert!(e.contains("required entries are NULL: init,"), "{e}");
+        assert!(!e.contains("synchronize"), "{e}");
+    }
+}
