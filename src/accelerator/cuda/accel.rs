@@ -238,7 +238,7 @@ fn open_device(accel_id: u64, index: usize, options: &CudaOptions) -> Result<Dev
 }
 
 impl CudaAccelerator {
-    /// Opens every CUDA device. Fails with "CUDA unavailable: <reason>" when the driver is
+    /// Opens every CUDA device. Fails with `cuda unavailable: <reason>` when the driver is
     /// missing, too old or has no device.
     pub fn new(options: CudaOptions) -> Result<CudaAccelerator> {
         let probe = super::probe();
