@@ -73,6 +73,7 @@ impl Report {
             "build_environment": self.build,
             "environment": {
                 "DSRS_ACCELERATOR": std::env::var("DSRS_ACCELERATOR").ok(),
+                "DSRS_ACCELERATOR_PLUGINS": std::env::var("DSRS_ACCELERATOR_PLUGINS").ok(),
                 "DSRS_CACHE_DIR": std::env::var("DSRS_CACHE_DIR").ok(),
                 "CXX": std::env::var("CXX").ok(),
                 "DSRS_NVRTC_LIB": std::env::var("DSRS_NVRTC_LIB").ok(),

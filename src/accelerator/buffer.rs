@@ -196,18 +196,15 @@ impl Buffer {
         let dst_addr = self.check_range("copy destination", dst_offset, n)?;
         let src_addr = src.check_range("copy source", src_offset, n)?;
         self.check_stream(stream)?;
-        if src.accel.dlpack_device_type() != self.accel.dlpack_device_type()
-            && src.on_device()
-            && self.on_device()
-        {
-            return Err(Error::Unsupported(format!(
-                "copies between {} and {} device memory are not supported; stage through host memory",
-                src.accel.name(),
-                self.accel.name()
-            )));
-        }
         if n == 0 {
             return Ok(());
+        }
+        if src.accel.id() != self.accel.id() && src.on_device() && self.on_device() {
+            // Device memory of two accelerator instances: neither can address the other's
+            // memory in general (two plugin instances, two vendors), so stage on the host.
+            let mut staged = vec![0u8; n];
+            src.read_on(src_offset, &mut staged, None)?;
+            return self.write_on(dst_offset, &staged, stream);
         }
         let same = std::ptr::eq(self, src);
         // Lock in address order so two opposite copies cannot deadlock.

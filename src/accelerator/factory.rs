@@ -322,7 +322,11 @@ fn select() -> Result<(Arc<dyn Accelerator>, Selection)> {
                 return Ok((accel, selection));
             }
             Err(e) => {
-                skipped.push(format!("{} failed to initialize: {e}", provider.name()));
+                skipped.push(match e.kind() {
+                    // Already "<name> unavailable: <why>".
+                    crate::ErrorKind::Unavailable => e.to_string(),
+                    _ => format!("{} failed to initialize: {e}", provider.name()),
+                });
             }
         }
     }

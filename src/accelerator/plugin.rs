@@ -13,6 +13,7 @@
 #![allow(non_camel_case_types)]
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,7 @@ use super::thread::{self, with_thread};
 use super::{Accelerator, Allocation, DTypeSupport, Event, MemoryKind, MemoryStats, Stream};
 use crate::dlpack::{DLDataType, TensorRef, kDLCPU, kDLCUDAHost};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::{dsrs_info, dsrs_warn};
 
 /// The plugin ABI version this library implements (`dsrs_accelerator_plugin_v1`).
@@ -358,8 +359,16 @@ fn validate(t: &dsrs_accelerator_plugin_v1, path: &Path) -> Result<String> {
 fn open(path: &Path) -> Result<Plugin> {
     let p = path.display();
     // SAFETY: loading a library runs its initialisers; loading a plugin is trusting it.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| plugin_error(format!("cannot load accelerator plugin {p}: {e}")))?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's Display says only "dlopen failed"; the reason is its source.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        plugin_error(format!("cannot load accelerator plugin {p}: {why}"))
+    })?;
     // SAFETY: the entry's signature is fixed by the plugin ABI.
     let entry: EntryFn = unsafe { lib.get::<EntryFn>(DSRS_ACCELERATOR_PLUGIN_ENTRY.as_bytes()) }
         .map(|s| *s)
@@ -556,11 +565,16 @@ fn check_status(plugin: &Plugin, state: *mut c_void, entry: &str, status: i32) -
         "accelerator plugin '{}': {entry} failed with status {status}{detail}",
         plugin.name
     );
+    // dsrs_status values keep their meaning (src/ffi/status.rs); anything else is a
+    // device error.
     Err(match status {
+        100 | 101 => Error::invalid(msg),
+        102 => Error::range(msg),
+        203 => Error::InvalidState(msg),
+        300 | 301 => Error::config(msg),
+        401 => Error::unavailable(plugin.name.clone(), msg),
         402 => Error::OutOfMemory(msg),
         403 => Error::Unsupported(msg),
-        101 => Error::invalid(msg),
-        102 => Error::range(msg),
         _ => Error::Device(msg),
     })
 }
@@ -692,11 +706,16 @@ impl Event for PluginEvent {
         self.accelerator_id
     }
     fn record(&self, stream: &dyn Stream) -> Result<()> {
-        let s = stream
+        if stream.accelerator_id() != self.accelerator_id {
+            return Err(Error::invalid(
+                "the stream belongs to a different accelerator",
+            ));
+        }
+        // A host stream (a plugin without stream entries) is the plugin's NULL stream.
+        let handle = stream
             .as_any()
             .downcast_ref::<PluginStream>()
-            .filter(|s| s.accelerator_id == self.accelerator_id)
-            .ok_or_else(|| Error::invalid("the stream belongs to a different accelerator"))?;
+            .map_or(std::ptr::null_mut(), |s| s.handle);
         let f = self
             .instance
             .plugin
@@ -704,7 +723,7 @@ impl Event for PluginEvent {
             .event_record
             .expect("validated group");
         // SAFETY: live event and stream of this instance.
-        let st = unsafe { f(self.instance.state, self.handle, s.handle) };
+        let st = unsafe { f(self.instance.state, self.handle, handle) };
         self.instance.check("event_record", st)?;
         self.recorded.store(true, Ordering::Release);
         Ok(())
@@ -781,6 +800,9 @@ pub struct PluginAccelerator {
     rngs: Vec<Mutex<rng::State>>,
     default_streams: Vec<Arc<dyn Stream>>,
     pinned: Ranges,
+    /// The plugin's allocations: start → (length, device), so an operation goes to the
+    /// device that owns its memory whatever the thread's current device.
+    owners: Mutex<BTreeMap<usize, (usize, usize)>>,
 }
 
 impl PluginAccelerator {
@@ -802,10 +824,15 @@ impl PluginAccelerator {
         };
         if st != 0 {
             let e = check_status(&plugin, std::ptr::null_mut(), "init", st).unwrap_err();
-            return Err(Error::unavailable(
-                plugin.name.clone(),
-                format!("failed to initialize: {e}"),
-            ));
+            // Options the plugin refuses keep their kind (INVALID_CONFIG...); a device
+            // that cannot start makes the accelerator unavailable.
+            return Err(match e.kind() {
+                ErrorKind::InvalidConfig
+                | ErrorKind::InvalidArgument
+                | ErrorKind::OutOfRange
+                | ErrorKind::Unavailable => e,
+                _ => Error::unavailable(plugin.name.clone(), format!("failed to initialize: {e}")),
+            });
         }
         let instance = Arc::new(Instance { plugin, state });
         let mut n = 0u32;
@@ -844,6 +871,7 @@ impl PluginAccelerator {
                 .collect(),
             default_streams,
             pinned: Ranges::default(),
+            owners: Mutex::new(BTreeMap::new()),
             instance,
         })
     }
@@ -1037,7 +1065,11 @@ impl Accelerator for PluginAccelerator {
                 tensor.device.device_type
             )));
         }
-        let d = self.resolve_device(None)?;
+        // The generator of the device that owns the memory (torch: the tensor's device).
+        let d = match self.device_of(tensor.ptr) {
+            Some(d) => d,
+            None => self.resolve_device(None)?,
+        };
         let mut state = self.rngs[d].lock();
         if on_host {
             // SAFETY: the caller guarantees tensor.nbytes writable host bytes.
@@ -1151,12 +1183,15 @@ impl Accelerator for PluginAccelerator {
         Ok(())
     }
     fn range_pop(&self) -> Result<()> {
-        let (name, ms) = thread::pop_range(self.id)?;
+        if thread::range_depth(self.id) == 0 {
+            return thread::pop_range(self.id).map(|_| ()); // the "without a push" error
+        }
         if let Some(f) = self.table().range_pop {
             // SAFETY: the state is live.
             self.instance
                 .check("range_pop", unsafe { f(self.state()) })?;
         }
+        let (name, ms) = thread::pop_range(self.id)?;
         dsrs_info!("range", "{name:?} took {ms:.3} ms");
         Ok(())
     }
@@ -1200,6 +1235,7 @@ impl Accelerator for PluginAccelerator {
                 self.pinned.insert(p as usize, size);
                 self.counters[d].add_pinned(size as u64);
             }
+            self.owners.lock().insert(p as usize, (size, d));
             p as usize
         };
         self.counters[d].reserve(size as u64, None, self.name())?;
@@ -1230,6 +1266,7 @@ impl Accelerator for PluginAccelerator {
             self.pinned.remove(a.ptr);
             self.counters[a.device].sub_pinned(a.size as u64);
         }
+        self.owners.lock().remove(&a.ptr);
         let f = self.table().deallocate.expect("validated");
         let code = if a.kind == MemoryKind::Pinned { 2 } else { 0 };
         // SAFETY: the allocation came from the plugin's allocate and is freed once.
@@ -1259,7 +1296,29 @@ impl Accelerator for PluginAccelerator {
         stream: Option<&dyn Stream>,
     ) -> Result<()> {
         let h = self.stream_handle(stream)?;
-        let d = self.current_device();
+        let dst_dev = if dst_on_device {
+            self.device_of(dst)
+        } else {
+            None
+        };
+        let src_dev = if src_on_device {
+            self.device_of(src)
+        } else {
+            None
+        };
+        if let (Some(a), Some(b)) = (dst_dev, src_dev)
+            && a != b
+        {
+            // Between two devices of the plugin: through host memory (one call names one
+            // device).
+            let mut staged = vec![0u8; n];
+            // SAFETY: staged holds n bytes; the ranges are the caller's contract.
+            unsafe {
+                self.copy(staged.as_mut_ptr() as usize, false, src, true, n, stream)?;
+                return self.copy(dst, true, staged.as_ptr() as usize, false, n, stream);
+            }
+        }
+        let d = dst_dev.or(src_dev).unwrap_or_else(|| self.current_device());
         let f = self.table().copy.expect("validated");
         // SAFETY: the caller guarantees both ranges.
         let st = unsafe {
@@ -1293,11 +1352,12 @@ impl Accelerator for PluginAccelerator {
         match (dst_on_device, self.table().fill) {
             (true, Some(f)) => {
                 let h = self.stream_handle(stream)?;
+                let d = self.device_of(dst).unwrap_or_else(|| self.current_device());
                 // SAFETY: the caller guarantees the device range; pattern is live.
                 let st = unsafe {
                     f(
                         self.state(),
-                        self.current_device() as u32,
+                        d as u32,
                         dst as *mut c_void,
                         n,
                         pattern.as_ptr() as *const c_void,
@@ -1352,6 +1412,16 @@ impl Accelerator for PluginAccelerator {
 }
 
 impl PluginAccelerator {
+    /// The device owning the plugin allocation that contains `ptr`.
+    fn device_of(&self, ptr: usize) -> Option<usize> {
+        self.owners
+            .lock()
+            .range(..=ptr)
+            .next_back()
+            .filter(|(start, (len, _))| ptr < *start + (*len).max(1))
+            .map(|(_, &(_, device))| device)
+    }
+
     fn memory_info(&self, device: Option<usize>) -> Result<(u64, u64)> {
         let d = self.resolve_device(device)?;
         let f = self.table().memory_info.expect("validated");

@@ -61,3 +61,8 @@ pub(crate) fn pop_range(id: u64) -> crate::error::Result<(String, f64)> {
     })?;
     Ok((name, start.elapsed().as_secs_f64() * 1e3))
 }
+
+/// The number of open ranges on the calling thread.
+pub(crate) fn range_depth(id: u64) -> usize {
+    with_thread(id, |t| t.ranges.len())
+}
