@@ -200,6 +200,14 @@ inline std::vector<std::string> accelerator_names() {
   return names;
 }
 
+/// Loads an accelerator plugin (a shared library exporting dsrs_accelerator_plugin_entry)
+/// and registers its accelerator, which then joins detection (before cuda and cpu) and can
+/// be created by name. Loading the same file again is a no-op. Throws dsrs::Error
+/// (DSRS_STATUS_PLUGIN_INVALID, naming the file and the problem).
+inline void load_plugin(const std::string &path) {
+  check(dsrs_accelerator_load_plugin(path.c_str()));
+}
+
 /// The environment report as JSON (what `dsrs report --json` prints).
 inline std::string report_json() {
   return read_string(
@@ -249,8 +257,9 @@ class Accelerator {
     return Accelerator(h);
   }
 
-  /// A new accelerator by name ("cpu", "cuda"; case-insensitive) with JSON options ("" for
-  /// defaults; the CPU takes devices, memory_limit, seed). It is not made current.
+  /// A new accelerator by name ("cpu", "cuda", a loaded plugin's; case-insensitive) with
+  /// JSON options ("" for defaults; the CPU takes devices, memory_limit, seed). It is not
+  /// made current.
   static Accelerator create(const std::string &name, const std::string &options_json = "") {
     dsrs_accelerator *h = nullptr;
     check(dsrs_accelerator_new(name.c_str(), options_json.c_str(), &h));
@@ -305,6 +314,13 @@ class Accelerator {
   std::string device_name(int32_t device = -1) const {
     return read_string([this, device](char *b, size_t l, size_t *n) {
       return dsrs_accelerator_device_name(get(), device, b, l, n);
+    });
+  }
+  /// A device's properties as a JSON object (index, name, uuid, compute_capability,
+  /// multiprocessors, total_memory, pci_bus_id); -1 is the current device.
+  std::string device_properties_json(int32_t device = -1) const {
+    return read_string([this, device](char *b, size_t l, size_t *n) {
+      return dsrs_accelerator_device_properties_json(get(), device, b, l, n);
     });
   }
   /// Makes `device` the calling thread's current device.

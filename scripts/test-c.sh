@@ -3,6 +3,11 @@
 # UndefinedBehaviorSanitizer (LeakSanitizer included):
 #   accelerator_test, log_callback_test, misuse_test, ops_test (JIT-built ops, cpu_adam),
 #   cpp_wrapper_test, static_link_test,
+#   plugin_test and plugin_cpp_test (accelerator plugins: the example plugin
+#   examples/plugin_hostmem and broken variants, built here with the same sanitizers),
+#   plugin_env_detect, plugin_env_override_cpu, plugin_env_override_hostmem,
+#   plugin_env_failinit_first, plugin_env_unavailable (DSRS_ACCELERATOR_PLUGINS,
+#   DSRS_ACCELERATOR and the report, one fresh process each),
 #   the header compile tests (C99, C11, C++17, double include, the C++ wrapper) and the
 #   CLI test.
 #
@@ -61,7 +66,8 @@ cmake -S . -B "$build_dir" \
   -DDSRS_CLI="$cli"
 cmake --build "$build_dir" --parallel "$jobs"
 
-# The tests pick their accelerator by detection; an inherited override would change that.
-unset DSRS_ACCELERATOR DSRS_LOG
+# The tests pick their accelerator by detection; an inherited override, plugin list or
+# plugin switch would change that (the plugin tests set their own).
+unset DSRS_ACCELERATOR DSRS_ACCELERATOR_PLUGINS HOSTMEM_UNAVAILABLE DSRS_LOG
 cd "$build_dir"
 ctest --output-on-failure --parallel "$jobs"
