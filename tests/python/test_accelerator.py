@@ -50,6 +50,29 @@ def test_devices_are_per_thread(rng):
         assert a.memory_stats(0)["device"] == 0
 
 
+def test_device_properties(rng):
+    devices = int(rng.integers(2, 9))
+    limit = int(rng.integers(1 << 20, 1 << 30))
+    with ds.Accelerator("cpu", devices=devices, memory_limit=limit) as a:
+        for d in range(devices):
+            p = a.device_properties(d)
+            assert set(p) == {"index", "name", "uuid", "compute_capability", "multiprocessors",
+                              "total_memory", "pci_bus_id"}
+            assert p["index"] == d and p["name"] == a.device_name(d)
+            assert p["total_memory"] == limit == a.total_memory(d)
+            assert p["uuid"] is None and p["compute_capability"] is None
+            assert p["multiprocessors"] >= 1
+        assert a.device_properties() == a.device_properties(-1) == a.device_properties(0)
+        d = int(rng.integers(1, devices))
+        a.set_device(d)
+        assert a.device_properties()["index"] == d
+        assert [x["index"] for x in a.info()["devices"]] == list(range(devices))
+        with pytest.raises(ds.OutOfRangeError):
+            a.device_properties(devices)
+        with pytest.raises(ds.OutOfRangeError):
+            a.device_properties(-2)
+
+
 def test_memory_figures(rng):
     limit = int(rng.integers(1 << 20, 1 << 24))
     with ds.Accelerator("cpu", memory_limit=limit) as a:

@@ -17,7 +17,7 @@ BUILTIN = {
     100: ValueError, 101: ValueError, 102: (ValueError, IndexError), 103: ValueError,
     104: ValueError, 200: ValueError, 201: ValueError, 202: TypeError, 203: RuntimeError,
     300: ValueError, 301: ValueError, 302: OSError, 303: ValueError, 400: ValueError,
-    401: RuntimeError, 402: MemoryError, 403: TypeError, 404: RuntimeError,
+    401: RuntimeError, 402: MemoryError, 403: TypeError, 404: RuntimeError, 405: RuntimeError,
     500: RuntimeError, 501: RuntimeError, 502: ValueError, 503: RuntimeError,
     504: PermissionError, 505: AttributeError, 506: TimeoutError,
     900: RuntimeError, 901: RuntimeError,

@@ -11,6 +11,13 @@ C ABI (``include/deepspeed_rs.h``), called through ctypes.
 >>> simd()                                    # see deepspeed_rs.ops
 b'avx2'
 
+Accelerator plugins (shared libraries exporting ``dsrs_accelerator_plugin_entry``, see
+``examples/plugin_hostmem``) are loaded with :func:`load_accelerator_plugin` or listed in
+``DSRS_ACCELERATOR_PLUGINS=path:path`` (read on first use); they are then created by name,
+``ds.Accelerator("hostmem", devices=2)``, come first in detection, and can be chosen with
+``DSRS_ACCELERATOR=<name>``. On CUDA, :meth:`Accelerator.wrap_stream` adopts a host's
+``cudaStream_t`` and :meth:`Stream.capture` records work into a replayable :class:`Graph`.
+
 The shared library is found through ``DSRS_LIBRARY``, next to this package, with
 ``ctypes.util.find_library`` or by its SONAME (see :mod:`deepspeed_rs._lib`); importing
 fails with ``ImportError`` (:class:`AbiMismatchError` for a library of another C ABI
@@ -22,12 +29,13 @@ from __future__ import annotations
 import atexit
 import enum
 import json
+import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import _lib
 from ._lib import LOG_CALLBACK, encode, lib, read_string
-from .accelerator import Accelerator, DTypeSupport, Event, Stream
+from .accelerator import Accelerator, DTypeSupport, Event, Graph, Stream
 from .buffer import Buffer, BufferView
 from .errors import (
     AbiMismatchError,
@@ -51,6 +59,7 @@ from .errors import (
     OutOfMemoryError,
     OutOfRangeError,
     PanicError,
+    PluginInvalidError,
     StaleHandleError,
     SymbolNotFoundError,
     UnavailableError,
@@ -75,6 +84,7 @@ __all__ = [
     "BufferView",
     "DTypeSupport",
     "Event",
+    "Graph",
     "LogLevel",
     "Op",
     "Stream",
@@ -88,6 +98,7 @@ __all__ = [
     "last_error",
     "library_path",
     "list_ops",
+    "load_accelerator_plugin",
     "load_op",
     "log",
     "report",
@@ -117,6 +128,7 @@ __all__ = [
     "OutOfMemoryError",
     "OutOfRangeError",
     "PanicError",
+    "PluginInvalidError",
     "StaleHandleError",
     "SymbolNotFoundError",
     "UnavailableError",
@@ -168,6 +180,19 @@ def accelerator_names() -> List[str]:
     """The names of every accelerator, in detection order."""
     text = read_string(lambda b, n, nd: lib.dsrs_accelerator_names(b, n, nd))
     return [name for name in text.split(",") if name]
+
+
+def load_accelerator_plugin(path: Union[str, "os.PathLike[str]"]) -> None:
+    """Loads an accelerator plugin (a shared library exporting
+    ``dsrs_accelerator_plugin_entry``) and registers its accelerator: it joins detection
+    before ``cuda`` and ``cpu``, is listed by :func:`accelerator_names`, and can be
+    created by name (``Accelerator("hostmem")``) or chosen with ``DSRS_ACCELERATOR``.
+
+    Loading the same file again does nothing. Plugins are never unloaded. A file that is
+    missing, not a shared library, not a plugin, of another plugin ABI version or with an
+    incomplete table raises :class:`PluginInvalidError` naming the file and the problem.
+    """
+    check(lib.dsrs_accelerator_load_plugin(encode(os.fspath(path), "path")))
 
 
 def last_error() -> Optional[DsrsError]:

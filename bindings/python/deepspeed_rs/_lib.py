@@ -72,6 +72,9 @@ DSRS_LOG_INFO = 3
 DSRS_LOG_DEBUG = 4
 DSRS_LOG_TRACE = 5
 
+#: The accelerator plugin ABI version the library implements (``dsrs_accelerator_plugin_v1``).
+DSRS_ACCELERATOR_PLUGIN_ABI_VERSION = 1
+
 # DLPack (1.1) device types and type codes.
 DLPACK_MAJOR_VERSION = 1
 DLPACK_MINOR_VERSION = 1
@@ -182,8 +185,8 @@ if ctypes.sizeof(c_void_p) == 8:  # the layout the library itself asserts on 64-
 LOG_CALLBACK = CFUNCTYPE(None, c_void_p, c_int32, c_char_p, c_char_p)
 
 # --------------------------------------------------------------------------------------
-# Prototypes. Handles (dsrs_accelerator*, dsrs_buffer*, dsrs_stream*, dsrs_event*, dsrs_op*) are
-# opaque: c_void_p.
+# Prototypes. Handles (dsrs_accelerator*, dsrs_buffer*, dsrs_stream*, dsrs_event*, dsrs_graph*,
+# dsrs_op*) are opaque: c_void_p.
 
 _H = c_void_p  # a handle
 _PH = POINTER(c_void_p)  # an out-parameter receiving a handle
@@ -205,6 +208,8 @@ PROTOTYPES = {
     "dsrs_accelerator_is_synchronized_device": (_S, [_H, POINTER(c_bool)]),
     "dsrs_accelerator_device_count": (_S, [_H, POINTER(c_uint32)]),
     "dsrs_accelerator_device_name": (_S, [_H, c_int32] + _STR_OUT),
+    "dsrs_accelerator_device_properties_json": (_S, [_H, c_int32] + _STR_OUT),
+    "dsrs_accelerator_load_plugin": (_S, [c_char_p]),
     "dsrs_accelerator_set_device": (_S, [_H, c_int32]),
     "dsrs_accelerator_current_device": (_S, [_H, POINTER(c_int32)]),
     "dsrs_accelerator_synchronize": (_S, [_H, c_int32]),
@@ -297,6 +302,13 @@ PROTOTYPES = {
     "dsrs_event_synchronize": (_S, [_H]),
     "dsrs_event_query": (_S, [_H, POINTER(c_bool)]),
     "dsrs_event_elapsed_ms": (_S, [_H, _H, POINTER(c_double)]),
+    "dsrs_stream_wrap": (_S, [_H, c_void_p, _PH]),
+    # graphs (CUDA)
+    "dsrs_stream_begin_capture": (_S, [_H]),
+    "dsrs_stream_end_capture": (_S, [_H, _PH]),
+    "dsrs_graph_replay": (_S, [_H, _H]),
+    "dsrs_graph_node_count": (_S, [_H, POINTER(c_size_t)]),
+    "dsrs_graph_free": (_S, [_H]),
     # ops (op builders and their JIT)
     "dsrs_op_define": (_S, [c_char_p]),
     "dsrs_op_load": (_S, [c_char_p, c_char_p, _PH]),

@@ -1,11 +1,11 @@
-"""Accelerators (DeepSpeed's accelerator surface), streams and events."""
+"""Accelerators (DeepSpeed's accelerator surface), streams, events and graphs."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import json
-from ctypes import byref, c_bool, c_double, c_int32, c_uint32, c_uint64, c_void_p
+from ctypes import byref, c_bool, c_double, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Union
 
 from ._dlpack import HostTensor
@@ -27,7 +27,7 @@ from .errors import check
 if TYPE_CHECKING:  # pragma: no cover
     from .buffer import Buffer
 
-__all__ = ["Accelerator", "Stream", "Event", "DTypeSupport"]
+__all__ = ["Accelerator", "Stream", "Event", "Graph", "DTypeSupport"]
 
 
 class DTypeSupport(NamedTuple):
@@ -45,6 +45,32 @@ def _stream_arg(stream: Optional["Stream"]) -> Optional[int]:
     if not isinstance(stream, Stream):
         raise TypeError(f"stream must be a deepspeed_rs.Stream or None, got {type(stream).__name__}")
     return stream._h
+
+
+def _native_stream_arg(native: Any) -> Optional[int]:
+    """The address of a host-created native stream: ``None``/0 (the default stream), an
+    ``int``, a ``ctypes.c_void_p``, or an object with a ``cuda_stream`` (PyTorch) or
+    ``ptr`` (CuPy) attribute holding one."""
+    if native is None:
+        return None
+    if isinstance(native, c_void_p):
+        return native.value or None
+    if not isinstance(native, bool) and hasattr(native, "__index__"):
+        v = int(native.__index__())
+    elif hasattr(native, "cuda_stream"):
+        v = int(native.cuda_stream)
+    elif hasattr(native, "ptr"):
+        v = int(native.ptr)
+    else:
+        raise TypeError(
+            "native must be a stream address (int), a ctypes.c_void_p, an object with a "
+            f"'cuda_stream' or 'ptr' attribute, or None; got {type(native).__name__}"
+        )
+    if not 0 <= v < (1 << (8 * ctypes.sizeof(c_void_p))):
+        from .errors import OutOfRangeError
+
+        raise OutOfRangeError(f"native must be a pointer value, got {v}")
+    return v or None
 
 
 def _out_handle(call: Any) -> int:
@@ -159,6 +185,16 @@ class Accelerator(Handle):
         """A device's name (the CPU model, the GPU's name)."""
         h, d = self._h, device_arg(device)
         return read_string(lambda b, n, nd: lib.dsrs_accelerator_device_name(h, d, b, n, nd))
+
+    def device_properties(self, device: Optional[int] = None) -> Dict[str, Any]:
+        """A device's properties (DeepSpeed's ``get_device_properties``) as a dict:
+        ``index``, ``name``, ``uuid`` (``"GPU-..."`` on CUDA, else ``None``),
+        ``compute_capability`` (``[major, minor]`` on CUDA, else ``None``),
+        ``multiprocessors``, ``total_memory`` (bytes) and ``pci_bus_id``.
+        ``device=None`` (or -1) is the calling thread's current device."""
+        h, d = self._h, device_arg(device)
+        fn = lib.dsrs_accelerator_device_properties_json
+        return json.loads(read_string(lambda b, n, nd: fn(h, d, b, n, nd)))
 
     def current_device(self) -> int:
         """The calling thread's current device."""
@@ -406,6 +442,23 @@ class Accelerator(Handle):
             finally:
                 previous.close()
 
+    def wrap_stream(self, native: Any = None) -> "Stream":
+        """Wraps a stream the host created (a ``cudaStream_t``/``CUstream``) on the current
+        device, so that deepspeed_rs work can be ordered on it.
+
+        ``native``: the stream's address as an ``int`` or ``ctypes.c_void_p``, an object
+        with a ``cuda_stream`` (``torch.cuda.Stream``) or ``ptr`` (CuPy) attribute, or
+        ``None`` for the device's default stream. The stream is borrowed: closing the
+        returned :class:`Stream` never destroys it, and the host must keep it alive while
+        the wrapper is used (the wrapper keeps a reference to ``native``). Accelerators
+        without native streams (the CPU, most plugins) raise
+        :class:`~deepspeed_rs.errors.UnsupportedError`.
+        """
+        h, ptr = self._h, _native_stream_arg(native)
+        s = Stream._from_handle(_out_handle(lambda out: lib.dsrs_stream_wrap(h, ptr, out)))
+        s._borrowed = native
+        return s
+
     def event(self, timing: bool = True) -> "Event":
         """A new event; ``timing`` enables :meth:`Event.elapsed_time`."""
         h = self._h
@@ -418,8 +471,13 @@ class Stream(Handle):
     """A stream of work on one device (always idle on the CPU, where work is synchronous).
 
     A context manager that closes the handle on exit; to make a stream current inside a
-    block use :meth:`Accelerator.use_stream`.
+    block use :meth:`Accelerator.use_stream`. On CUDA, the work submitted to a stream can
+    be captured into a :class:`Graph` (:meth:`begin_capture`/:meth:`end_capture`, or
+    :meth:`capture`).
     """
+
+    #: The host object a wrapped stream came from (kept alive with the wrapper).
+    _borrowed: Any = None
 
     _FREE = "dsrs_stream_free"
 
@@ -455,6 +513,28 @@ class Stream(Handle):
         out = c_void_p()
         check(lib.dsrs_stream_native_handle(self._h, byref(out)))
         return out.value
+
+    # -- graph capture ----------------------------------------------------------------
+
+    def begin_capture(self) -> None:
+        """Starts capturing the work this thread submits to the stream into a graph:
+        nothing runs until the graph is replayed. Needs a stream from
+        :meth:`Accelerator.stream` (not the default stream); copies to or from host memory
+        cannot be captured. Accelerators without graphs (the CPU, plugins) raise
+        :class:`~deepspeed_rs.errors.UnsupportedError`."""
+        check(lib.dsrs_stream_begin_capture(self._h))
+
+    def end_capture(self) -> "Graph":
+        """Ends the capture begun with :meth:`begin_capture` and returns the graph, ready
+        to :meth:`Graph.replay`."""
+        h = self._h
+        return Graph._from_handle(_out_handle(lambda out: lib.dsrs_stream_end_capture(h, out)))
+
+    def capture(self) -> "_GraphCapture":
+        """``with s.capture() as cap: ...`` -- captures the block's work on this stream;
+        ``cap.graph`` is the :class:`Graph` after the block. If the block raises, the
+        capture is ended and its graph discarded."""
+        return _GraphCapture(self)
 
     def __repr__(self) -> str:
         return "<deepspeed_rs.Stream (closed)>" if self.closed else "<deepspeed_rs.Stream>"
@@ -501,3 +581,55 @@ class Event(Handle):
 
     def __repr__(self) -> str:
         return "<deepspeed_rs.Event (closed)>" if self.closed else "<deepspeed_rs.Event>"
+
+
+class Graph(Handle):
+    """Work captured from a stream (a CUDA graph), from :meth:`Stream.end_capture`; replay
+    it with :meth:`replay`. Replays of one graph are serialised. A context manager that
+    frees the graph on exit."""
+
+    _FREE = "dsrs_graph_free"
+
+    @classmethod
+    def _from_handle(cls, handle: int) -> "Graph":
+        obj = cls.__new__(cls)
+        Handle.__init__(obj, handle)
+        return obj
+
+    def replay(self, stream: Optional[Stream] = None) -> None:
+        """Launches the captured work again on ``stream`` (``None``: the stream it was
+        captured on); returns once the launch is queued."""
+        check(lib.dsrs_graph_replay(self._h, _stream_arg(stream)))
+
+    @property
+    def node_count(self) -> int:
+        """The number of nodes (kernels, copies, fills) in the graph."""
+        out = c_size_t()
+        check(lib.dsrs_graph_node_count(self._h, byref(out)))
+        return out.value
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<deepspeed_rs.Graph (closed)>"
+        return f"<deepspeed_rs.Graph nodes={self.node_count}>"
+
+
+class _GraphCapture:
+    """The context manager of :meth:`Stream.capture`; ``graph`` is set on exit."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.graph: Optional[Graph] = None
+
+    def __enter__(self) -> "_GraphCapture":
+        self.stream.begin_capture()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.graph = self.stream.end_capture()
+            return
+        try:  # leave the stream usable; the error of the block is the one raised
+            self.stream.end_capture().close()
+        except Exception:
+            pass

@@ -28,6 +28,7 @@ DSRS_STATUS_UNAVAILABLE         UnavailableError             RuntimeError
 DSRS_STATUS_OUT_OF_MEMORY       OutOfMemoryError             MemoryError
 DSRS_STATUS_UNSUPPORTED         UnsupportedError             TypeError [3]_
 DSRS_STATUS_DEVICE_ERROR        DeviceError                  RuntimeError
+DSRS_STATUS_PLUGIN_INVALID      PluginInvalidError           RuntimeError [6]_
 DSRS_STATUS_BUILD_FAILED        BuildFailedError             RuntimeError
 DSRS_STATUS_OP_INCOMPATIBLE     OpIncompatibleError          RuntimeError
 DSRS_STATUS_UNKNOWN_OP          UnknownOpError               ValueError
@@ -50,6 +51,9 @@ DSRS_STATUS_PANIC               PanicError                   RuntimeError
 .. [4] The op cache is refused because of who owns it or who may write to it (an
    ``OSError``, like the ``PermissionError`` the file system would give).
 .. [5] As ``ctypes.CDLL`` raises ``AttributeError`` for a symbol a library lacks.
+.. [6] Like :class:`LoadFailedError` for ops: a file that cannot be used as an accelerator
+   plugin (missing, not a shared library, no ``dsrs_accelerator_plugin_entry``, another
+   plugin ABI version, an incomplete table, a name already registered).
 
 :class:`AbiMismatchError` (an ``ImportError``) is raised at import time when the loaded
 library speaks a different C ABI version than this binding.
@@ -80,6 +84,7 @@ __all__ = [
     "OutOfMemoryError",
     "UnsupportedError",
     "DeviceError",
+    "PluginInvalidError",
     "BuildFailedError",
     "OpIncompatibleError",
     "UnknownOpError",
@@ -117,6 +122,7 @@ STATUS_NAMES: Dict[int, str] = {
     402: "DSRS_STATUS_OUT_OF_MEMORY",
     403: "DSRS_STATUS_UNSUPPORTED",
     404: "DSRS_STATUS_DEVICE_ERROR",
+    405: "DSRS_STATUS_PLUGIN_INVALID",
     500: "DSRS_STATUS_BUILD_FAILED",
     501: "DSRS_STATUS_OP_INCOMPATIBLE",
     502: "DSRS_STATUS_UNKNOWN_OP",
@@ -283,6 +289,16 @@ class DeviceError(DsrsError, RuntimeError):
     STATUS = 404
 
 
+class PluginInvalidError(DsrsError, RuntimeError):
+    """An accelerator plugin could not be loaded or failed validation
+    (DSRS_STATUS_PLUGIN_INVALID): the file is missing or not a shared library, does not
+    export ``dsrs_accelerator_plugin_entry``, declares another plugin ABI version, has a
+    table too small or a required entry NULL, or names an accelerator already registered.
+    The message names the file and the problem."""
+
+    STATUS = 405
+
+
 class BuildFailedError(DsrsError, RuntimeError):
     """An op failed to compile (DSRS_STATUS_BUILD_FAILED); the message has the command,
     the compiler's first lines of output and the path of the full log."""
@@ -387,6 +403,7 @@ _CLASSES: Dict[int, Type[DsrsError]] = {
         OutOfMemoryError,
         UnsupportedError,
         DeviceError,
+        PluginInvalidError,
         BuildFailedError,
         OpIncompatibleError,
         UnknownOpError,

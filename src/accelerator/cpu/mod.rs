@@ -182,6 +182,16 @@ impl Accelerator for CpuAccelerator {
         self.resolve_device(device)?;
         Ok(self.info.model.clone())
     }
+    fn device_properties(&self, device: Option<usize>) -> Result<super::DeviceProperties> {
+        let d = self.resolve_device(device)?;
+        Ok(super::DeviceProperties {
+            index: d,
+            name: self.info.model.clone(),
+            multiprocessors: u32::try_from(self.info.logical_cpus).ok(),
+            total_memory: self.total_memory(Some(d))?,
+            ..super::DeviceProperties::default()
+        })
+    }
     fn set_device(&self, device: usize) -> Result<()> {
         self.resolve_device(Some(device))?;
         thread::set_device(self.id, device);
