@@ -216,6 +216,56 @@ pub struct DeviceProperties {
     pub pci_bus_id: Option<String>,
 }
 
+/// Checks the arguments of [`Accelerator::fill`]: a 1-, 2-, 4- or 8-byte pattern and a length
+/// that is a multiple of it.
+pub(crate) fn check_fill(n: usize, pattern: &[u8]) -> Result<()> {
+    let p = pattern.len();
+    if !matches!(p, 1 | 2 | 4 | 8) || n % p != 0 {
+        return Err(Error::invalid(format!(
+            "fill of {n} bytes with a {p}-byte pattern"
+        )));
+    }
+    Ok(())
+}
+
+/// Fills `n` bytes of host memory at `dst` with repetitions of `pattern` (checked).
+///
+/// # Safety
+/// `dst` must be valid for writes of `n` bytes.
+pub(crate) unsafe fn fill_host(dst: usize, n: usize, pattern: &[u8]) -> Result<()> {
+    check_fill(n, pattern)?;
+    // SAFETY: the caller guarantees the range.
+    let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
+    if pattern.iter().all(|&b| b == pattern[0]) {
+        out.fill(pattern[0]);
+    } else {
+        for chunk in out.chunks_exact_mut(pattern.len()) {
+            chunk.copy_from_slice(pattern);
+        }
+    }
+    Ok(())
+}
+
+/// `n` bytes of repetitions of `pattern`, for backends that stage a fill through a copy.
+pub(crate) fn pattern_bytes(n: usize, pattern: &[u8]) -> Vec<u8> {
+    pattern.iter().copied().cycle().take(n).collect()
+}
+
+/// Checks that two events can be timed: both created with timing and both recorded.
+pub(crate) fn check_elapsed(timing: [bool; 2], recorded: [bool; 2]) -> Result<()> {
+    if !timing[0] || !timing[1] {
+        return Err(Error::InvalidState(
+            "elapsed time needs two events created with timing enabled".into(),
+        ));
+    }
+    if !recorded[0] || !recorded[1] {
+        return Err(Error::InvalidState(
+            "elapsed time needs both events to have been recorded".into(),
+        ));
+    }
+    Ok(())
+}
+
 static NEXT_ACCELERATOR_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh identifier for a new accelerator instance.
@@ -272,8 +322,10 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     }
     /// Makes `device` the calling thread's current device.
     fn set_device(&self, device: usize) -> Result<()>;
-    /// The calling thread's current device.
-    fn current_device(&self) -> usize;
+    /// The calling thread's current device (0 until set; per thread, per instance).
+    fn current_device(&self) -> usize {
+        thread::with_thread(self.id(), |t| t.device)
+    }
     /// Waits for all work on a device.
     fn synchronize(&self, device: Option<usize>) -> Result<()>;
 
@@ -358,7 +410,12 @@ pub trait Accelerator: Send + Sync + fmt::Debug {
     /// A new stream on the current device.
     fn new_stream(&self) -> Result<Arc<dyn Stream>>;
     /// The calling thread's current stream (the default stream until set).
-    fn current_stream(&self) -> Result<Arc<dyn Stream>>;
+    fn current_stream(&self) -> Result<Arc<dyn Stream>> {
+        match thread::with_thread(self.id(), |t| t.stream.clone()) {
+            Some(s) => Ok(s),
+            None => self.default_stream(),
+        }
+    }
     /// Makes `stream` the calling thread's current stream; it must belong to this accelerator.
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()>;
     /// A new event; `timing` enables [`Event::elapsed_ms`].

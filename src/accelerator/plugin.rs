@@ -26,8 +26,11 @@ use super::counters::{Counters, Ranges};
 use super::factory::{AcceleratorProvider, Probe};
 use super::rng::{self, Distribution};
 use super::stream::{HostEvent, HostStream};
-use super::thread::{self, with_thread};
-use super::{Accelerator, Allocation, DTypeSupport, Event, MemoryKind, MemoryStats, Stream};
+use super::thread;
+use super::{
+    Accelerator, Allocation, DTypeSupport, Event, MemoryKind, MemoryStats, Stream, check_elapsed,
+    check_fill, pattern_bytes,
+};
 use crate::dlpack::{DLDataType, TensorRef, kDLCPU, kDLCUDAHost};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
@@ -763,16 +766,13 @@ impl Event for PluginEvent {
             .downcast_ref::<PluginEvent>()
             .filter(|e| e.accelerator_id == self.accelerator_id)
             .ok_or_else(|| Error::invalid("the end event belongs to a different accelerator"))?;
-        if !self.timing || !end.timing {
-            return Err(Error::InvalidState(
-                "elapsed time needs two events created with timing enabled".into(),
-            ));
-        }
-        if !self.recorded.load(Ordering::Acquire) || !end.recorded.load(Ordering::Acquire) {
-            return Err(Error::InvalidState(
-                "elapsed time needs both events to have been recorded".into(),
-            ));
-        }
+        check_elapsed(
+            [self.timing, end.timing],
+            [
+                self.recorded.load(Ordering::Acquire),
+                end.recorded.load(Ordering::Acquire),
+            ],
+        )?;
         let f = self
             .instance
             .plugin
@@ -886,13 +886,12 @@ impl PluginAccelerator {
 
     /// The plugin's handle for a stream of ours (NULL: the default stream).
     fn stream_handle(&self, stream: Option<&dyn Stream>) -> Result<*mut c_void> {
-        let owned;
+        let current;
         let s = match stream {
             Some(s) => s,
             None => {
-                owned = self.current_stream()?;
-                // Extend the borrow: `owned` lives to the end of the function.
-                return self.stream_handle(Some(owned.as_ref()));
+                current = self.current_stream()?;
+                current.as_ref()
             }
         };
         if s.accelerator_id() != self.id {
@@ -950,9 +949,6 @@ impl Accelerator for PluginAccelerator {
         self.resolve_device(Some(device))?;
         thread::set_device(self.id, device);
         Ok(())
-    }
-    fn current_device(&self) -> usize {
-        with_thread(self.id, |t| t.device)
     }
     fn synchronize(&self, device: Option<usize>) -> Result<()> {
         let d = self.resolve_device(device)?;
@@ -1136,12 +1132,6 @@ impl Accelerator for PluginAccelerator {
             None => Ok(Arc::new(HostStream::new(self.id, d, false))),
         }
     }
-    fn current_stream(&self) -> Result<Arc<dyn Stream>> {
-        match with_thread(self.id, |t| t.stream.clone()) {
-            Some(s) => Ok(s),
-            None => self.default_stream(),
-        }
-    }
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()> {
         if stream.accelerator_id() != self.id {
             return Err(Error::invalid(
@@ -1202,17 +1192,8 @@ impl Accelerator for PluginAccelerator {
         let ptr = if size == 0 {
             0
         } else if kind == MemoryKind::Host {
-            let layout = std::alloc::Layout::from_size_align(size, align)
-                .map_err(|_| Error::OutOfMemory(format!("cannot allocate {size} bytes")))?;
-            // SAFETY: non-zero size.
-            let p = unsafe { std::alloc::alloc_zeroed(layout) };
-            if p.is_null() {
-                self.counters[d].note_oom();
-                return Err(Error::OutOfMemory(format!(
-                    "the system could not allocate {size} bytes of host memory"
-                )));
-            }
-            p as usize
+            super::cpu::memory::alloc_host(size, align)
+                .inspect_err(|_| self.counters[d].note_oom())?
         } else {
             let f = self.table().allocate.expect("validated");
             let code = if kind == MemoryKind::Pinned { 2 } else { 0 };
@@ -1256,10 +1237,8 @@ impl Accelerator for PluginAccelerator {
             return;
         }
         if a.kind == MemoryKind::Host {
-            if let Ok(layout) = std::alloc::Layout::from_size_align(a.size, a.align) {
-                // SAFETY: allocated with this layout.
-                unsafe { std::alloc::dealloc(a.ptr as *mut u8, layout) };
-            }
+            // SAFETY: allocated by alloc_host with these figures.
+            unsafe { super::cpu::memory::free_host(a.ptr, a.size, a.align) };
             return;
         }
         if a.kind == MemoryKind::Pinned {
@@ -1343,12 +1322,8 @@ impl Accelerator for PluginAccelerator {
         pattern: &[u8],
         stream: Option<&dyn Stream>,
     ) -> Result<()> {
+        check_fill(n, pattern)?;
         let p = pattern.len();
-        if !matches!(p, 1 | 2 | 4 | 8) || n % p != 0 {
-            return Err(Error::invalid(format!(
-                "fill of {n} bytes with a {p}-byte pattern"
-            )));
-        }
         match (dst_on_device, self.table().fill) {
             (true, Some(f)) => {
                 let h = self.stream_handle(stream)?;
@@ -1368,7 +1343,7 @@ impl Accelerator for PluginAccelerator {
                 self.instance.check("fill", st)
             }
             _ => {
-                let staged: Vec<u8> = pattern.iter().copied().cycle().take(n).collect();
+                let staged = pattern_bytes(n, pattern);
                 // SAFETY: staged holds n bytes; the destination is the caller's contract.
                 unsafe {
                     self.copy(

@@ -60,19 +60,13 @@ impl Tracker {
     ) -> Result<Allocation> {
         let (layout, align) = layout_for(size, align, kind)?;
         self.reserve(size as u64)?;
-        let ptr = if layout.size() == 0 {
-            0
-        } else {
-            // SAFETY: the layout has a non-zero size.
-            let p = unsafe { std::alloc::alloc_zeroed(layout) };
-            if p.is_null() {
+        let ptr = match alloc_layout(layout) {
+            Ok(p) => p,
+            Err(e) => {
                 self.release(size as u64);
                 self.counters.note_oom();
-                return Err(Error::OutOfMemory(format!(
-                    "the system could not allocate {size} bytes of host memory"
-                )));
+                return Err(e);
             }
-            p as usize
         };
         if kind == MemoryKind::Pinned && layout.size() > 0 {
             if let Err(e) = lock_pages(ptr, layout.size()) {
@@ -112,6 +106,41 @@ impl Tracker {
             unsafe { std::alloc::dealloc(a.ptr as *mut u8, layout) };
         }
         self.release(a.size as u64);
+    }
+}
+
+/// Zeroed memory for `layout` (0 for an empty layout).
+fn alloc_layout(layout: Layout) -> Result<usize> {
+    if layout.size() == 0 {
+        return Ok(0);
+    }
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(Error::OutOfMemory(format!(
+            "the system could not allocate {} bytes of host memory",
+            layout.size()
+        )));
+    }
+    Ok(p as usize)
+}
+
+/// Zeroed pageable host memory of `size` bytes aligned to `align` (0 for size 0), untracked:
+/// for accelerators whose `MemoryKind::Host` buffers are ordinary host memory.
+pub(crate) fn alloc_host(size: usize, align: usize) -> Result<usize> {
+    alloc_layout(layout_for(size, align, MemoryKind::Host)?.0)
+}
+
+/// Frees memory from [`alloc_host`].
+///
+/// # Safety
+/// `ptr`, `size` and `align` must be those of one live [`alloc_host`] allocation.
+pub(crate) unsafe fn free_host(ptr: usize, size: usize, align: usize) {
+    if ptr != 0
+        && let Ok((layout, _)) = layout_for(size, align, MemoryKind::Host)
+    {
+        // SAFETY: allocated by alloc_host with this layout.
+        unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
     }
 }
 

@@ -19,14 +19,14 @@ use serde_json::{Value, json};
 
 use super::rng::{self, Distribution};
 use super::stream::{HostEvent, HostStream};
-use super::thread::{self, with_thread};
+use super::thread;
 use super::{Accelerator, Allocation, DTypeSupport, Event, MemoryKind, MemoryStats, Stream};
 use crate::dlpack::{TensorRef, kDLCPU, kDLCUDAHost};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::{dsrs_debug, dsrs_info};
 
-mod memory;
+pub(crate) mod memory;
 pub mod sysinfo;
 
 use memory::Tracker;
@@ -197,9 +197,6 @@ impl Accelerator for CpuAccelerator {
         thread::set_device(self.id, device);
         Ok(())
     }
-    fn current_device(&self) -> usize {
-        with_thread(self.id, |t| t.device)
-    }
     fn synchronize(&self, device: Option<usize>) -> Result<()> {
         self.resolve_device(device).map(|_| ())
     }
@@ -300,12 +297,6 @@ impl Accelerator for CpuAccelerator {
             false,
         )))
     }
-    fn current_stream(&self) -> Result<Arc<dyn Stream>> {
-        match with_thread(self.id, |t| t.stream.clone()) {
-            Some(s) => Ok(s),
-            None => self.default_stream(),
-        }
-    }
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()> {
         self.check_stream(Some(stream.as_ref()))?;
         thread::set_stream(self.id, stream);
@@ -360,22 +351,8 @@ impl Accelerator for CpuAccelerator {
         stream: Option<&dyn Stream>,
     ) -> Result<()> {
         self.check_stream(stream)?;
-        let p = pattern.len();
-        if p == 0 || n % p != 0 {
-            return Err(Error::invalid(format!(
-                "fill of {n} bytes with a {p}-byte pattern"
-            )));
-        }
         // SAFETY: the caller guarantees the range.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
-        if pattern.iter().all(|&b| b == pattern[0]) {
-            out.fill(pattern[0]);
-        } else {
-            for chunk in out.chunks_exact_mut(p) {
-                chunk.copy_from_slice(pattern);
-            }
-        }
-        Ok(())
+        unsafe { super::fill_host(dst, n, pattern) }
     }
 
     fn extra_info(&self) -> Value {

@@ -27,11 +27,12 @@ use super::driver::{self, Raw, attribute, check};
 use super::nvtx;
 use super::stream::{CudaEvent, CudaGraph, CudaStream, Ownership, bind, downcast};
 use crate::accelerator::counters::{Counters, Ranges};
+use crate::accelerator::cpu::memory;
 use crate::accelerator::rng::{self, Distribution};
-use crate::accelerator::thread::{self, with_thread};
+use crate::accelerator::thread;
 use crate::accelerator::{
     Accelerator, Allocation, DTypeSupport, DeviceProperties, Event, Graph, MemoryKind, MemoryStats,
-    Stream,
+    Stream, check_fill, fill_host, pattern_bytes,
 };
 use crate::dlpack::{TensorRef, kDLCPU, kDLCUDA, kDLCUDAHost};
 use crate::dtype::DType;
@@ -390,14 +391,6 @@ impl CudaAccelerator {
         }
         Ok(())
     }
-
-    fn host_layout(size: usize, align: usize) -> Result<std::alloc::Layout> {
-        std::alloc::Layout::from_size_align(size.max(1), align).map_err(|_| {
-            Error::OutOfMemory(format!(
-                "cannot allocate {size} bytes: larger than the address space allows"
-            ))
-        })
-    }
 }
 
 impl Drop for CudaAccelerator {
@@ -460,9 +453,6 @@ impl Accelerator for CudaAccelerator {
         bind(d.ctx)?;
         thread::set_device(self.id, device);
         Ok(())
-    }
-    fn current_device(&self) -> usize {
-        with_thread(self.id, |t| t.device)
     }
     fn synchronize(&self, device: Option<usize>) -> Result<()> {
         let d = self.dev(device)?;
@@ -630,12 +620,6 @@ impl Accelerator for CudaAccelerator {
         let d = self.dev(None)?;
         Ok(Arc::new(CudaStream::create(self.id, d.props.index, d.ctx)?))
     }
-    fn current_stream(&self) -> Result<Arc<dyn Stream>> {
-        match with_thread(self.id, |t| t.stream.clone()) {
-            Some(s) => Ok(s),
-            None => self.default_stream(),
-        }
-    }
     fn set_current_stream(&self, stream: Arc<dyn Stream>) -> Result<()> {
         let s = downcast(stream.as_ref(), self.id)?;
         bind(s.ctx)?;
@@ -780,16 +764,7 @@ impl Accelerator for CudaAccelerator {
                 }
             }
             MemoryKind::Host => {
-                let layout = Self::host_layout(size, align)?;
-                // SAFETY: the layout has a non-zero size.
-                let p = unsafe { std::alloc::alloc_zeroed(layout) };
-                if p.is_null() {
-                    d.counters.note_oom();
-                    return Err(Error::OutOfMemory(format!(
-                        "the system could not allocate {size} bytes of host memory"
-                    )));
-                }
-                p as usize
+                memory::alloc_host(size, align).inspect_err(|_| d.counters.note_oom())?
             }
         };
         d.counters.reserve(size as u64, None, "cuda")?;
@@ -839,12 +814,8 @@ impl Accelerator for CudaAccelerator {
                     dsrs_warn!("accelerator", "{e}");
                 }
             }
-            MemoryKind::Host => {
-                if let Ok(layout) = Self::host_layout(a.size, a.align) {
-                    // SAFETY: allocated with this layout by allocate.
-                    unsafe { std::alloc::dealloc(a.ptr as *mut u8, layout) };
-                }
-            }
+            // SAFETY: allocated by alloc_host with these figures.
+            MemoryKind::Host => unsafe { memory::free_host(a.ptr, a.size, a.align) },
             _ => {}
         }
     }
@@ -918,22 +889,14 @@ impl Accelerator for CudaAccelerator {
         pattern: &[u8],
         stream: Option<&dyn Stream>,
     ) -> Result<()> {
+        check_fill(n, pattern)?;
         let p = pattern.len();
-        if !matches!(p, 1 | 2 | 4 | 8) || n % p != 0 {
-            return Err(Error::invalid(format!(
-                "fill of {n} bytes with a {p}-byte pattern"
-            )));
-        }
         self.with_stream(stream, |s| {
             if !dst_on_device {
                 Self::refuse_while_capturing(s, "a fill of host memory")?;
                 s.synchronize()?;
                 // SAFETY: the caller guarantees the host range.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, n) };
-                for chunk in out.chunks_exact_mut(p) {
-                    chunk.copy_from_slice(pattern);
-                }
-                return Ok(());
+                return unsafe { fill_host(dst, n, pattern) };
             }
             bind(s.ctx)?;
             let h = s.handle.0;
@@ -964,7 +927,7 @@ impl Accelerator for CudaAccelerator {
                 _ => {
                     // Misaligned for the pattern width: stage the bytes on the host.
                     Self::refuse_while_capturing(s, "a misaligned multi-byte fill")?;
-                    let staged: Vec<u8> = pattern.iter().copied().cycle().take(n).collect();
+                    let staged = pattern_bytes(n, pattern);
                     // SAFETY: staged holds n bytes; the device range is the caller's.
                     unsafe { self.copy(dst, true, staged.as_ptr() as usize, false, n, Some(s)) }
                 }

@@ -9,7 +9,7 @@ use cudarc::driver::sys;
 use parking_lot::Mutex;
 
 use super::driver::{Raw, check, query};
-use crate::accelerator::{Event, Graph, Stream};
+use crate::accelerator::{Event, Graph, Stream, check_elapsed};
 use crate::error::{Error, Result};
 
 /// Who owns a stream's `CUstream`.
@@ -243,16 +243,13 @@ impl Event for CudaEvent {
             .downcast_ref::<CudaEvent>()
             .filter(|e| e.accelerator_id == self.accelerator_id)
             .ok_or_else(|| Error::invalid("the end event belongs to a different accelerator"))?;
-        if !self.timing || !end.timing {
-            return Err(Error::InvalidState(
-                "elapsed time needs two events created with timing enabled".into(),
-            ));
-        }
-        if !self.recorded.load(Ordering::Acquire) || !end.recorded.load(Ordering::Acquire) {
-            return Err(Error::InvalidState(
-                "elapsed time needs both events to have been recorded".into(),
-            ));
-        }
+        check_elapsed(
+            [self.timing, end.timing],
+            [
+                self.recorded.load(Ordering::Acquire),
+                end.recorded.load(Ordering::Acquire),
+            ],
+        )?;
         bind(self.ctx)?;
         let mut ms = 0f32;
         check(
