@@ -393,6 +393,217 @@ typedef void (*dsrs_log_callback)(void *user_data,
                                   const char *message);
 
 /**
+ * How an optimizer step is run (the `backend` field of the configs).
+ */
+typedef int32_t dsrs_optim_backend;
+
+/**
+ * Adam / AdamW hyper-parameters (DeepSpeed's `DeepSpeedCPUAdam` / `FusedAdam`). The
+ * fields are those of the cpu_adam op's `dsrs_cpu_adam_config`, with `backend` appended
+ * (56 bytes on 64-bit targets).
+ */
+typedef struct dsrs_adam_config {
+  /**
+   * Learning rate, finite and >= 0.
+   */
+  float lr;
+  /**
+   * In [0, 1).
+   */
+  float beta1;
+  /**
+   * In [0, 1).
+   */
+  float beta2;
+  /**
+   * Finite and > 0.
+   */
+  float eps;
+  /**
+   * Finite and >= 0.
+   */
+  float weight_decay;
+  /**
+   * 1: decoupled weight decay (AdamW); 0: L2 added to the gradient (Adam).
+   */
+  int32_t adamw_mode;
+  /**
+   * 1: divide the moments by 1 - beta^step; 0: do not.
+   */
+  int32_t bias_correction;
+  /**
+   * The step being taken, counted from 1.
+   */
+  int64_t step;
+  /**
+   * The gradients are divided by this inside the step (multiplied by its reciprocal, as
+   * DeepSpeed unscales): the loss scale times the accumulation steps; 1 for none.
+   */
+  float grad_scale;
+  /**
+   * Host tensors: threads (0: the OpenMP default). Ignored for CUDA tensors.
+   */
+  int32_t num_threads;
+  /**
+   * A `DSRS_OPTIM_BACKEND_*` value.
+   */
+  dsrs_optim_backend backend;
+} dsrs_adam_config;
+
+/**
+ * The tensors of one parameter for an optimizer step. All have the same number of
+ * elements and must be contiguous; `params` is fp32, fp16 or bf16; `grads` fp32 or the
+ * parameters' dtype (fp32 parameters also take fp16/bf16 gradients); the states are fp32.
+ */
+typedef struct dsrs_optim_tensors {
+  /**
+   * The parameters, updated in place.
+   */
+  DLTensor *params;
+  /**
+   * The gradients (read only).
+   */
+  const DLTensor *grads;
+  /**
+   * Adam's first moment, Lion's momentum, LAMB's first moment; NULL for Adagrad.
+   */
+  DLTensor *exp_avg;
+  /**
+   * Adam's second moment, Adagrad's sum of squares, LAMB's second moment; NULL for
+   * Lion.
+   */
+  DLTensor *exp_avg_sq;
+  /**
+   * Host steps of fp32 parameters only: NULL, or an fp16/bf16 tensor that receives the
+   * updated parameters rounded (DeepSpeed's param copy for ZeRO-Offload).
+   */
+  DLTensor *param_copy;
+} dsrs_optim_tensors;
+
+/**
+ * Adagrad hyper-parameters (DeepSpeed's `DeepSpeedCPUAdagrad`: the weight-decayed gradient
+ * feeds the accumulator, the raw gradient the step). Host tensors only.
+ */
+typedef struct dsrs_adagrad_config {
+  /**
+   * Learning rate, finite and >= 0.
+   */
+  float lr;
+  /**
+   * Finite and > 0.
+   */
+  float eps;
+  /**
+   * Finite and >= 0.
+   */
+  float weight_decay;
+  /**
+   * As in `dsrs_adam_config`.
+   */
+  float grad_scale;
+  /**
+   * Threads (0: the OpenMP default).
+   */
+  int32_t num_threads;
+  /**
+   * A `DSRS_OPTIM_BACKEND_*` value.
+   */
+  dsrs_optim_backend backend;
+} dsrs_adagrad_config;
+
+/**
+ * Lion hyper-parameters (DeepSpeed's `DeepSpeedCPULion` / `FusedLion`).
+ */
+typedef struct dsrs_lion_config {
+  /**
+   * Learning rate, finite and >= 0.
+   */
+  float lr;
+  /**
+   * In [0, 1].
+   */
+  float beta1;
+  /**
+   * In [0, 1].
+   */
+  float beta2;
+  /**
+   * Decoupled weight decay, finite and >= 0.
+   */
+  float weight_decay;
+  /**
+   * As in `dsrs_adam_config`.
+   */
+  float grad_scale;
+  /**
+   * Host tensors: threads (0: the OpenMP default).
+   */
+  int32_t num_threads;
+  /**
+   * A `DSRS_OPTIM_BACKEND_*` value.
+   */
+  dsrs_optim_backend backend;
+} dsrs_lion_config;
+
+/**
+ * LAMB hyper-parameters (DeepSpeed's `FusedLamb`).
+ */
+typedef struct dsrs_lamb_config {
+  /**
+   * Learning rate, finite and >= 0.
+   */
+  float lr;
+  /**
+   * In [0, 1).
+   */
+  float beta1;
+  /**
+   * In [0, 1).
+   */
+  float beta2;
+  /**
+   * Finite and > 0.
+   */
+  float eps;
+  /**
+   * Finite and >= 0 (added to the update, as DeepSpeed).
+   */
+  float weight_decay;
+  /**
+   * Upper clamp of the trust ratio (DeepSpeed's default 10).
+   */
+  float max_coeff;
+  /**
+   * Lower clamp of the trust ratio (DeepSpeed's default 0.01).
+   */
+  float min_coeff;
+  /**
+   * As in `dsrs_adam_config`.
+   */
+  float grad_scale;
+  /**
+   * 1: divide the moments by 1 - beta^step.
+   */
+  int32_t bias_correction;
+  /**
+   * 1: eps inside the square root (DeepSpeed's `eps_inside_sqrt`).
+   */
+  int32_t eps_inside_sqrt;
+  /**
+   * The step being taken, counted from 1.
+   */
+  int64_t step;
+  /**
+   * A `DSRS_OPTIM_BACKEND_*` value (host tensors always run the reference).
+   */
+  dsrs_optim_backend backend;
+  /**
+   * Must be 0.
+   */
+  int32_t reserved;
+} dsrs_lamb_config;
+
+/**
  * Memory statistics a plugin reports for one device (`memory_stats` entry).
  */
 typedef struct dsrs_plugin_memory_stats {
@@ -679,6 +890,23 @@ typedef const struct dsrs_accelerator_plugin_v1 *(*dsrs_accelerator_plugin_entry
  * Very detailed tracing.
  */
 #define DSRS_LOG_TRACE 5
+
+/**
+ * The op's kernel; when the op cannot be built (no C++ compiler), the pure-Rust reference,
+ * with one warning per process.
+ */
+#define DSRS_OPTIM_BACKEND_AUTO 0
+
+/**
+ * The op's kernel only: a failed build is an error (`DSRS_STATUS_OP_INCOMPATIBLE`,
+ * `DSRS_STATUS_BUILD_FAILED`, ...).
+ */
+#define DSRS_OPTIM_BACKEND_KERNEL 1
+
+/**
+ * The pure-Rust reference implementation (host tensors only; never builds anything).
+ */
+#define DSRS_OPTIM_BACKEND_REFERENCE 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -1207,14 +1435,16 @@ dsrs_status dsrs_op_define(const char *spec_json);
  * (`DSRS_BUILD_OPS=1`) when this CPU can run it; the cache's build after its SHA-256 is
  * verified (a tampered artifact is rebuilt with a warning); a fresh build under a per-key
  * lock (concurrent processes compile once). `options_json` may be NULL or an object with
- * any of: `portable`, `debug`, `force_rebuild`, `prebuilt` (booleans), `cuda_arch`
+ * any of: `portable`, `debug`, `force_rebuild`, `prebuilt` (booleans), `simd` (`"avx2"`, `"scalar"`: a lower SIMD level than the machine's), `cuda_arch`
  * (`"sm_90"`, `"compute_80"`), `nvcc` (boolean), `lock_timeout_s` (number), `cache_dir`
  * (absolute path). Errors: `DSRS_STATUS_UNKNOWN_OP`, `DSRS_STATUS_OP_INCOMPATIBLE` (every
  * reason, e.g. the C++ compiler named by `CXX` is missing), `DSRS_STATUS_BUILD_FAILED`
  * (the command, the compiler's first lines of output, the full log's path),
  * `DSRS_STATUS_UNSAFE_CACHE`, `DSRS_STATUS_LOAD_FAILED`, `DSRS_STATUS_LOCK_TIMEOUT`.
  */
-dsrs_status dsrs_op_load(const char *name, const char *options_json, struct dsrs_op **out);
+dsrs_status dsrs_op_load(const char *name,
+                         const char *options_json,
+                         struct dsrs_op **out);
 
 /**
  * Releases an op handle. The op's code stays loaded for the life of the process, so
@@ -1271,6 +1501,52 @@ dsrs_status dsrs_op_list_json(const char *options_json, char *buf, size_t len, s
  * message says how to fix it). Two-call output.
  */
 dsrs_status dsrs_op_cache_dir(char *buf, size_t len, size_t *needed);
+
+/**
+ * One Adam / AdamW step over `count` parameters (DeepSpeed's semantics; the formula is in
+ * docs/optimizers.md). Host tensors run the cpu_adam op on the calling thread (one call
+ * per entry; `stream` is ignored and may be NULL); CUDA tensors run the fused_adam op's
+ * multi-tensor kernels on `stream` (required: a stream of the cuda accelerator on the
+ * tensors' device), asynchronously. Every tensor and hyper-parameter is checked before
+ * anything is written; errors name the entry and field (`tensors[2].exp_avg has 7
+ * elements but tensors[2].params has 8`).
+ */
+dsrs_status dsrs_adam_step(const struct dsrs_adam_config *config,
+                           const struct dsrs_optim_tensors *tensors,
+                           size_t count,
+                           struct dsrs_stream *stream);
+
+/**
+ * One Adagrad step over `count` parameters (DeepSpeed's CPU Adagrad). Host tensors only
+ * (there is no CUDA Adagrad kernel): the cpu_adagrad op on the calling thread; `stream` is
+ * ignored. `exp_avg` must be NULL and `exp_avg_sq` holds the sum of squares.
+ */
+dsrs_status dsrs_adagrad_step(const struct dsrs_adagrad_config *config,
+                              const struct dsrs_optim_tensors *tensors,
+                              size_t count,
+                              struct dsrs_stream *stream);
+
+/**
+ * One Lion step over `count` parameters (DeepSpeed's semantics). Host tensors run the
+ * cpu_lion op on the calling thread; CUDA tensors the fused_lion op's multi-tensor kernel
+ * on `stream`. `exp_avg` holds the momentum and `exp_avg_sq` must be NULL.
+ */
+dsrs_status dsrs_lion_step(const struct dsrs_lion_config *config,
+                           const struct dsrs_optim_tensors *tensors,
+                           size_t count,
+                           struct dsrs_stream *stream);
+
+/**
+ * One LAMB step over `count` parameters (DeepSpeed's FusedLamb: Adam's moments, the
+ * weight decay added to the update, and a per-tensor trust ratio `||p|| / ||update||`
+ * clamped to [min_coeff, max_coeff]). CUDA tensors run the fused_lamb op's kernels on
+ * `stream`; host tensors run the pure-Rust reference on the calling thread (there is no
+ * CPU LAMB kernel; `backend` must then be AUTO or REFERENCE). `param_copy` must be NULL.
+ */
+dsrs_status dsrs_lamb_step(const struct dsrs_lamb_config *config,
+                           const struct dsrs_optim_tensors *tensors,
+                           size_t count,
+                           struct dsrs_stream *stream);
 
 /**
  * A new stream on the current device. Free with `dsrs_stream_free`.

@@ -122,7 +122,7 @@ fn cuda_ops_build_into_the_cache_for_a_named_target_without_a_gpu() {
     assert!(op.cuda_image().unwrap().starts_with(b"\x7fELF"));
     // Launching needs a device: without one the error says CUDA is unavailable.
     if deepspeed_rs::accelerator::cuda::probe().device_count == 0 {
-        let e = op.symbol("dsrs_fused_adam_f32", 0).unwrap_err();
+        let e = op.symbol("dsrs_fused_adam_f32_f32", 0).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     }
     // A CUDA op with a compile error returns NVRTC's log naming the problem.

@@ -733,7 +733,18 @@ fn the_report_has_the_op_table_and_the_build_environment() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(&names[..3], ["cpu_adam", "fused_adam", "philox_random"]);
+    assert_eq!(
+        &names[..],
+        [
+            "cpu_adam",
+            "cpu_adagrad",
+            "cpu_lion",
+            "fused_adam",
+            "fused_lamb",
+            "fused_lion",
+            "philox_random"
+        ]
+    );
     let adam = &r["ops"][0];
     assert_eq!(adam["cached"], true);
     assert_eq!(adam["incompatible"].as_array().unwrap().len(), 0);

@@ -1,10 +1,10 @@
-// fused_adam.cu - the fused_adam op: one Adam / AdamW step on the GPU.
+// fused_adam.cu - the fused_adam op: one Adam / AdamW step over many tensors per launch.
 //
 // Compiled by NVRTC alone, with no include path: nothing is #included, every type and
 // helper used here is defined in this file.
 //
-// Per element, the same formula and the same order of float operations as the CPU op
-// (kernels/include/dsrs_cpu_adam.h):
+// Per element, the same formula and the same order of float operations as the CPU op and
+// the pure-Rust reference (src/ops/optim/reference.rs):
 //
 //   g  = grad * inv_grad_scale
 //   if (weight_decay > 0 && !adamw_mode)  g = g + weight_decay * p
@@ -14,206 +14,264 @@
 //   if (weight_decay > 0 && adamw_mode)   p = p + (-lr * weight_decay) * p
 //   p  = p + (-lr / bc1) * (m / denom)
 //
-// The host passes bc1 and bc2 exactly as the CPU op derives them, in double, then rounded
-// to float:
-//   bc1 = bias_correction ? 1 - pow(beta1, step)          : 1
-//   bc2 = bias_correction ? 1 / sqrt(1 - pow(beta2, step)) : 1
+// The host (src/ops/optim/cuda.rs) derives every constant once, with f32 operations in
+// exactly this form: 1 - beta1, 1 - beta2, -lr * weight_decay, -lr / bc1, and passes them
+// in dsrs_adam_hyper. Every per-element operation is an explicitly rounded intrinsic
+// (__fmul_rn, __fadd_rn, __fdiv_rn, __fsqrt_rn), so NVRTC's default --fmad=true cannot
+// contract anything into an FMA. Do not build with --use_fast_math or --ftz=true.
 //
-// Every operation is an explicitly rounded intrinsic (__fmul_rn, __fadd_rn, __fdiv_rn,
-// __fsqrt_rn), so NVRTC's default --fmad=true cannot contract anything into an FMA. With
-// the default --ftz=false (do not build with --use_fast_math or --ftz=true) the results are
-// bit-identical to the CPU op whenever inv_grad_scale is exactly 1/grad_scale, i.e. for
-// grad_scale 1 or a power of two (dynamic loss scales are powers of two). For any other
-// scale the CPU divides by grad_scale and this kernel multiplies by its reciprocal, which
-// may differ in the last bit of g.
+// Parameters are fp32, fp16 or bf16 (loaded as float, updated, stored rounded to nearest
+// even); gradients are fp32 or the parameters' dtype (fp32 parameters also take fp16/bf16
+// gradients); exp_avg and exp_avg_sq are fp32.
 //
-// Kernels (launch with any 1-D grid; every kernel is a grid-stride loop):
-//   dsrs_fused_adam_f32   p, g, m, v all float
-//   dsrs_fused_adam_bf16  p and g bfloat16 (raw bits in unsigned short), m and v float;
-//                         p is widened to float, updated, and rounded back to nearest-even
-//                         (NaN stays NaN)
-// Each has a 4-wide path (16-byte float loads) when every pointer allows it, and a scalar
-// path otherwise and for the tail.
+// Kernels, one per (parameter dtype, gradient dtype):
+//   dsrs_fused_adam_f32_f32  dsrs_fused_adam_f32_f16  dsrs_fused_adam_f32_bf16
+//   dsrs_fused_adam_f16_f16  dsrs_fused_adam_f16_f32
+//   dsrs_fused_adam_bf16_bf16  dsrs_fused_adam_bf16_f32
+// Signature: (dsrs_mt_args args, dsrs_adam_hyper hyper), both by value in the parameter
+// block (3464 + 48 bytes). Launch with gridDim.x = args.num_blocks (<= 384) and exactly
+// blockDim = (512, 1, 1), no dynamic shared memory.
+
+// ---- multi-tensor common: begin (identical in fused_adam.cu, fused_lamb.cu, fused_lion.cu)
+//
+// Multi-tensor apply. One launch updates up to DSRS_MT_MAX_TENSORS tensors; the host splits
+// every tensor into chunks of args.chunk_size elements (a multiple of 4) and gives each block
+// one (tensor slot, chunk) pair through the block table. A tensor too large for one launch
+// continues in the next with higher chunk numbers; all tensors of a launch share dtypes.
+// Within a chunk, 4 elements per thread per iteration with 16-byte (fp32) or 8-byte
+// (fp16/bf16) loads when every pointer of the tensor is aligned for that, one element per
+// thread otherwise and for the tail.
+//
+// The layout is mirrored by `MtArgs` in src/ops/optim/cuda.rs (#[repr(C)]); the sizes are
+// asserted on both sides.
 
 typedef unsigned long long dsrs_u64;
 typedef unsigned int dsrs_u32;
 typedef unsigned short dsrs_u16;
+typedef unsigned char dsrs_u8;
 
-struct alignas(16) dsrs_float4 {
-    float x, y, z, w;
+#define DSRS_MT_THREADS 512
+#define DSRS_MT_MAX_TENSORS 32
+#define DSRS_MT_MAX_BLOCKS 384
+
+struct dsrs_mt_args {
+    dsrs_u64 params[DSRS_MT_MAX_TENSORS];      // device addresses
+    dsrs_u64 grads[DSRS_MT_MAX_TENSORS];       // (unused by the LAMB apply kernels)
+    dsrs_u64 exp_avg[DSRS_MT_MAX_TENSORS];
+    dsrs_u64 exp_avg_sq[DSRS_MT_MAX_TENSORS];  // (unused by Lion)
+    dsrs_u64 len[DSRS_MT_MAX_TENSORS];         // elements
+    dsrs_u32 partial_base[DSRS_MT_MAX_TENSORS];  // LAMB: first partial-sum slot of the tensor
+    dsrs_u32 tensor_index[DSRS_MT_MAX_TENSORS];  // LAMB: the tensor's index in the step
+    dsrs_u32 block_chunk[DSRS_MT_MAX_BLOCKS];    // block -> chunk number within its tensor
+    dsrs_u8 block_tensor[DSRS_MT_MAX_BLOCKS];    // block -> tensor slot
+    dsrs_u32 chunk_size;                         // elements per chunk, a multiple of 4
+    dsrs_u32 num_blocks;                         // gridDim.x
 };
 
-struct alignas(8) dsrs_ushort4 {
-    dsrs_u16 x, y, z, w;
+static_assert(sizeof(dsrs_mt_args) == 3464, "dsrs_mt_args must match MtArgs in cuda.rs");
+
+// 16-bit floats as raw bits, in distinct types so overloads can tell them apart.
+struct dsrs_f16 {
+    dsrs_u16 bits;
+};
+struct dsrs_bf16 {
+    dsrs_u16 bits;
 };
 
-// Per-launch constants, derived identically by every thread.
-struct dsrs_adam_consts {
-    float beta1;
-    float one_minus_beta1;
-    float beta2;
-    float one_minus_beta2;
-    float eps;
-    float bc2;
-    float step_size;     // -lr / bc1
-    float l2;            // weight_decay when L2 applies, else 0
-    float decoupled;     // -lr * weight_decay when decoupled decay applies, else 0
-    float inv_grad_scale;
-    bool use_l2;
-    bool use_decoupled;
+// Four consecutive elements, aligned to their size (16 bytes of fp32, 8 of fp16/bf16).
+template <typename T>
+struct alignas(4 * sizeof(T)) dsrs_vec4 {
+    T e[4];
 };
 
-static __device__ __forceinline__ dsrs_adam_consts dsrs_adam_make_consts(
-    float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
-    int adamw_mode, float inv_grad_scale) {
-    dsrs_adam_consts c;
-    c.beta1 = beta1;
-    c.one_minus_beta1 = __fsub_rn(1.0f, beta1);
-    c.beta2 = beta2;
-    c.one_minus_beta2 = __fsub_rn(1.0f, beta2);
-    c.eps = eps;
-    c.bc2 = bc2;
-    c.step_size = __fdiv_rn(-lr, bc1);
-    c.use_l2 = weight_decay > 0.0f && adamw_mode == 0;
-    c.use_decoupled = weight_decay > 0.0f && adamw_mode != 0;
-    c.l2 = weight_decay;
-    c.decoupled = __fmul_rn(-lr, weight_decay);
-    c.inv_grad_scale = inv_grad_scale;
+static __device__ __forceinline__ float dsrs_load(float x) { return x; }
+
+static __device__ __forceinline__ float dsrs_load(dsrs_bf16 x) {
+    return __uint_as_float(((dsrs_u32)x.bits) << 16);
+}
+
+// The hardware fp16 conversions (as __half2float and __float2half_rn). The tests in
+// src/ops/optim/cuda.rs compile this file as host C++ (DSRS_HOST_EMULATION) and run the
+// kernels on the CPU; they define these two macros themselves.
+#ifndef DSRS_HOST_EMULATION
+#define DSRS_F16_TO_F32(h, f) asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h))
+#define DSRS_F32_TO_F16(f, h) asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f))
+#endif
+
+// Exact for every fp16 value (subnormals included).
+static __device__ __forceinline__ float dsrs_load(dsrs_f16 x) {
+    float f;
+    DSRS_F16_TO_F32(x.bits, f);
+    return f;
+}
+
+static __device__ __forceinline__ void dsrs_store(float& d, float f) { d = f; }
+
+// Round to nearest, ties to even; a NaN keeps its sign and top payload bits and is made
+// quiet (so it cannot round into an infinity) - as the `half` crate's bf16::from_f32.
+static __device__ __forceinline__ void dsrs_store(dsrs_bf16& d, float f) {
+    const dsrs_u32 b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        d.bits = (dsrs_u16)((b >> 16) | 0x0040u);
+        return;
+    }
+    const dsrs_u32 lsb = (b >> 16) & 1u;
+    d.bits = (dsrs_u16)((b + 0x7fffu + lsb) >> 16);
+}
+
+// IEEE round to nearest even with subnormals and overflow to infinity (the hardware
+// conversion, as __float2half_rn); a NaN keeps its sign and top payload bits and is made
+// quiet - as the `half` crate's f16::from_f32.
+static __device__ __forceinline__ void dsrs_store(dsrs_f16& d, float f) {
+    const dsrs_u32 b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        d.bits = (dsrs_u16)(((b >> 16) & 0x8000u) | 0x7e00u | ((b >> 13) & 0x03ffu));
+        return;
+    }
+    dsrs_u16 h;
+    DSRS_F32_TO_F16(f, h);
+    d.bits = h;
+}
+
+// The chunk this block owns: tensor slot and element range [begin, end).
+struct dsrs_mt_chunk {
+    int slot;
+    dsrs_u64 begin;
+    dsrs_u64 end;
+};
+
+static __device__ __forceinline__ dsrs_mt_chunk dsrs_mt_this_chunk(const dsrs_mt_args& a) {
+    dsrs_mt_chunk c;
+    const dsrs_u32 b = blockIdx.x;
+    c.slot = (int)a.block_tensor[b];
+    const dsrs_u64 n = a.len[c.slot];
+    const dsrs_u64 size = (dsrs_u64)a.chunk_size;
+    c.begin = (dsrs_u64)a.block_chunk[b] * size;
+    c.end = c.begin + size < n ? c.begin + size : n;
     return c;
 }
 
+static __device__ __forceinline__ bool dsrs_aligned(dsrs_u64 addr, dsrs_u64 bytes) {
+    return (addr & (bytes - 1)) == 0;
+}
+
+// Calls body.four(i) for i = begin, begin + 4, ... (4 elements at i) when `vectorized`, then
+// body.one(i) for every remaining element. begin is a multiple of 4.
+template <typename Body>
+static __device__ __forceinline__ void dsrs_mt_for_each(dsrs_u64 begin, dsrs_u64 end,
+                                                        bool vectorized, Body& body) {
+    dsrs_u64 rest = begin;
+    if (vectorized) {
+        const dsrs_u64 vend = begin + ((end - begin) & ~(dsrs_u64)3);
+        for (dsrs_u64 i = begin + 4 * (dsrs_u64)threadIdx.x; i < vend;
+             i += 4 * (dsrs_u64)DSRS_MT_THREADS) {
+            body.four(i);
+        }
+        rest = vend;
+    }
+    for (dsrs_u64 i = rest + (dsrs_u64)threadIdx.x; i < end; i += (dsrs_u64)DSRS_MT_THREADS) {
+        body.one(i);
+    }
+}
+
+// ---- multi-tensor common: end
+
+// Per-launch constants, derived on the host (layout mirrored by `AdamHyper` in cuda.rs).
+struct dsrs_adam_hyper {
+    float beta1;
+    float one_minus_beta1;  // 1 - beta1
+    float beta2;
+    float one_minus_beta2;  // 1 - beta2
+    float eps;
+    float bc2;              // 1 / sqrt(1 - beta2^step), or 1
+    float step_size;        // -lr / bc1
+    float weight_decay;     // the L2 coefficient (used when mode == 1)
+    float decoupled;        // -lr * weight_decay (used when mode == 2)
+    float inv_grad_scale;
+    dsrs_u32 mode;          // 0: no weight decay, 1: L2 (Adam), 2: decoupled (AdamW)
+    dsrs_u32 reserved;
+};
+
+static_assert(sizeof(dsrs_adam_hyper) == 48, "dsrs_adam_hyper must match AdamHyper in cuda.rs");
+
 // One element, in registers.
 static __device__ __forceinline__ void dsrs_adam_update(float& p, float g, float& m, float& v,
-                                                        const dsrs_adam_consts& c) {
-    g = __fmul_rn(g, c.inv_grad_scale);
-    if (c.use_l2) {
-        g = __fadd_rn(g, __fmul_rn(c.l2, p));
+                                                        const dsrs_adam_hyper& h) {
+    g = __fmul_rn(g, h.inv_grad_scale);
+    if (h.mode == 1u) {
+        g = __fadd_rn(g, __fmul_rn(h.weight_decay, p));
     }
-    m = __fadd_rn(__fmul_rn(c.beta1, m), __fmul_rn(c.one_minus_beta1, g));
-    v = __fadd_rn(__fmul_rn(c.beta2, v), __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
-    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), c.bc2), c.eps);
-    if (c.use_decoupled) {
-        p = __fadd_rn(p, __fmul_rn(c.decoupled, p));
+    m = __fadd_rn(__fmul_rn(h.beta1, m), __fmul_rn(h.one_minus_beta1, g));
+    v = __fadd_rn(__fmul_rn(h.beta2, v), __fmul_rn(__fmul_rn(h.one_minus_beta2, g), g));
+    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), h.bc2), h.eps);
+    if (h.mode == 2u) {
+        p = __fadd_rn(p, __fmul_rn(h.decoupled, p));
     }
-    p = __fadd_rn(p, __fmul_rn(c.step_size, __fdiv_rn(m, denom)));
+    p = __fadd_rn(p, __fmul_rn(h.step_size, __fdiv_rn(m, denom)));
 }
 
-// bfloat16 <-> float on raw bits.
-static __device__ __forceinline__ float dsrs_bf16_to_f32(dsrs_u16 h) {
-    return __uint_as_float(((dsrs_u32)h) << 16);
-}
+template <typename P, typename G>
+struct dsrs_adam_body {
+    P* p;
+    const G* g;
+    float* m;
+    float* v;
+    dsrs_adam_hyper h;
 
-// Round to nearest, ties to even; a NaN keeps its sign and top payload bits and is made
-// quiet (so it cannot round into an infinity).
-static __device__ __forceinline__ dsrs_u16 dsrs_f32_to_bf16_rne(float f) {
-    const dsrs_u32 b = __float_as_uint(f);
-    if ((b & 0x7fffffffu) > 0x7f800000u) {
-        return (dsrs_u16)((b >> 16) | 0x0040u);
-    }
-    const dsrs_u32 lsb = (b >> 16) & 1u;
-    return (dsrs_u16)((b + 0x7fffu + lsb) >> 16);
-}
-
-static __device__ __forceinline__ dsrs_u64 dsrs_thread_index() {
-    return (dsrs_u64)blockIdx.x * (dsrs_u64)blockDim.x + (dsrs_u64)threadIdx.x;
-}
-
-static __device__ __forceinline__ dsrs_u64 dsrs_grid_stride() {
-    return (dsrs_u64)gridDim.x * (dsrs_u64)blockDim.x;
-}
-
-extern "C" __global__ void dsrs_fused_adam_f32(float* p, const float* g, float* m, float* v,
-                                               unsigned long long n, float lr, float beta1,
-                                               float beta2, float eps, float weight_decay,
-                                               float bc1, float bc2, int adamw_mode,
-                                               float inv_grad_scale) {
-    const dsrs_adam_consts c = dsrs_adam_make_consts(lr, beta1, beta2, eps, weight_decay, bc1,
-                                                     bc2, adamw_mode, inv_grad_scale);
-    const dsrs_u64 start = dsrs_thread_index();
-    const dsrs_u64 stride = dsrs_grid_stride();
-
-    dsrs_u64 scalar_from = 0;
-    const dsrs_u64 addr_bits = (dsrs_u64)p | (dsrs_u64)g | (dsrs_u64)m | (dsrs_u64)v;
-    if ((addr_bits & 15u) == 0) {
-        const dsrs_u64 n4 = n / 4;
-        dsrs_float4* p4 = reinterpret_cast<dsrs_float4*>(p);
-        const dsrs_float4* g4 = reinterpret_cast<const dsrs_float4*>(g);
-        dsrs_float4* m4 = reinterpret_cast<dsrs_float4*>(m);
-        dsrs_float4* v4 = reinterpret_cast<dsrs_float4*>(v);
-        for (dsrs_u64 i = start; i < n4; i += stride) {
-            dsrs_float4 pp = p4[i];
-            const dsrs_float4 gg = g4[i];
-            dsrs_float4 mm = m4[i];
-            dsrs_float4 vv = v4[i];
-            dsrs_adam_update(pp.x, gg.x, mm.x, vv.x, c);
-            dsrs_adam_update(pp.y, gg.y, mm.y, vv.y, c);
-            dsrs_adam_update(pp.z, gg.z, mm.z, vv.z, c);
-            dsrs_adam_update(pp.w, gg.w, mm.w, vv.w, c);
-            p4[i] = pp;
-            m4[i] = mm;
-            v4[i] = vv;
-        }
-        scalar_from = n4 * 4;
-    }
-    for (dsrs_u64 i = scalar_from + start; i < n; i += stride) {
-        float pp = p[i];
+    __device__ __forceinline__ void one(dsrs_u64 i) {
+        float pp = dsrs_load(p[i]);
         float mm = m[i];
         float vv = v[i];
-        dsrs_adam_update(pp, g[i], mm, vv, c);
-        p[i] = pp;
+        dsrs_adam_update(pp, dsrs_load(g[i]), mm, vv, h);
+        dsrs_store(p[i], pp);
         m[i] = mm;
         v[i] = vv;
     }
-}
 
-extern "C" __global__ void dsrs_fused_adam_bf16(dsrs_u16* p, const dsrs_u16* g, float* m,
-                                                float* v, unsigned long long n, float lr,
-                                                float beta1, float beta2, float eps,
-                                                float weight_decay, float bc1, float bc2,
-                                                int adamw_mode, float inv_grad_scale) {
-    const dsrs_adam_consts c = dsrs_adam_make_consts(lr, beta1, beta2, eps, weight_decay, bc1,
-                                                     bc2, adamw_mode, inv_grad_scale);
-    const dsrs_u64 start = dsrs_thread_index();
-    const dsrs_u64 stride = dsrs_grid_stride();
-
-    dsrs_u64 scalar_from = 0;
-    // 4 elements: 8 bytes of p and g, 16 bytes of m and v.
-    const dsrs_u64 misaligned =
-        (((dsrs_u64)p | (dsrs_u64)g) & 7u) | (((dsrs_u64)m | (dsrs_u64)v) & 15u);
-    if (misaligned == 0) {
-        const dsrs_u64 n4 = n / 4;
-        dsrs_ushort4* p4 = reinterpret_cast<dsrs_ushort4*>(p);
-        const dsrs_ushort4* g4 = reinterpret_cast<const dsrs_ushort4*>(g);
-        dsrs_float4* m4 = reinterpret_cast<dsrs_float4*>(m);
-        dsrs_float4* v4 = reinterpret_cast<dsrs_float4*>(v);
-        for (dsrs_u64 i = start; i < n4; i += stride) {
-            dsrs_ushort4 ph = p4[i];
-            const dsrs_ushort4 gh = g4[i];
-            dsrs_float4 mm = m4[i];
-            dsrs_float4 vv = v4[i];
-            float px = dsrs_bf16_to_f32(ph.x), py = dsrs_bf16_to_f32(ph.y);
-            float pz = dsrs_bf16_to_f32(ph.z), pw = dsrs_bf16_to_f32(ph.w);
-            dsrs_adam_update(px, dsrs_bf16_to_f32(gh.x), mm.x, vv.x, c);
-            dsrs_adam_update(py, dsrs_bf16_to_f32(gh.y), mm.y, vv.y, c);
-            dsrs_adam_update(pz, dsrs_bf16_to_f32(gh.z), mm.z, vv.z, c);
-            dsrs_adam_update(pw, dsrs_bf16_to_f32(gh.w), mm.w, vv.w, c);
-            ph.x = dsrs_f32_to_bf16_rne(px);
-            ph.y = dsrs_f32_to_bf16_rne(py);
-            ph.z = dsrs_f32_to_bf16_rne(pz);
-            ph.w = dsrs_f32_to_bf16_rne(pw);
-            p4[i] = ph;
-            m4[i] = mm;
-            v4[i] = vv;
+    __device__ __forceinline__ void four(dsrs_u64 i) {
+        dsrs_vec4<P> pv = *reinterpret_cast<const dsrs_vec4<P>*>(p + i);
+        const dsrs_vec4<G> gv = *reinterpret_cast<const dsrs_vec4<G>*>(g + i);
+        dsrs_vec4<float> mv = *reinterpret_cast<const dsrs_vec4<float>*>(m + i);
+        dsrs_vec4<float> vv = *reinterpret_cast<const dsrs_vec4<float>*>(v + i);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            float pp = dsrs_load(pv.e[k]);
+            dsrs_adam_update(pp, dsrs_load(gv.e[k]), mv.e[k], vv.e[k], h);
+            dsrs_store(pv.e[k], pp);
         }
-        scalar_from = n4 * 4;
+        *reinterpret_cast<dsrs_vec4<P>*>(p + i) = pv;
+        *reinterpret_cast<dsrs_vec4<float>*>(m + i) = mv;
+        *reinterpret_cast<dsrs_vec4<float>*>(v + i) = vv;
     }
-    for (dsrs_u64 i = scalar_from + start; i < n; i += stride) {
-        float pp = dsrs_bf16_to_f32(p[i]);
-        float mm = m[i];
-        float vv = v[i];
-        dsrs_adam_update(pp, dsrs_bf16_to_f32(g[i]), mm, vv, c);
-        p[i] = dsrs_f32_to_bf16_rne(pp);
-        m[i] = mm;
-        v[i] = vv;
-    }
+};
+
+template <typename P, typename G>
+static __device__ __forceinline__ void dsrs_adam_chunk(const dsrs_mt_args& a,
+                                                       const dsrs_adam_hyper& h) {
+    const dsrs_mt_chunk c = dsrs_mt_this_chunk(a);
+    dsrs_adam_body<P, G> body;
+    body.p = reinterpret_cast<P*>(a.params[c.slot]);
+    body.g = reinterpret_cast<const G*>(a.grads[c.slot]);
+    body.m = reinterpret_cast<float*>(a.exp_avg[c.slot]);
+    body.v = reinterpret_cast<float*>(a.exp_avg_sq[c.slot]);
+    body.h = h;
+    const bool vectorized = dsrs_aligned(a.params[c.slot], 4 * sizeof(P)) &&
+                            dsrs_aligned(a.grads[c.slot], 4 * sizeof(G)) &&
+                            dsrs_aligned(a.exp_avg[c.slot], 16) &&
+                            dsrs_aligned(a.exp_avg_sq[c.slot], 16);
+    dsrs_mt_for_each(c.begin, c.end, vectorized, body);
 }
+
+#define DSRS_ADAM_KERNEL(NAME, P, G)                                                       \
+    extern "C" __global__ void __launch_bounds__(DSRS_MT_THREADS)                          \
+        NAME(const dsrs_mt_args args, const dsrs_adam_hyper hyper) {                       \
+        dsrs_adam_chunk<P, G>(args, hyper);                                                \
+    }
+
+DSRS_ADAM_KERNEL(dsrs_fused_adam_f32_f32, float, float)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_f32_f16, float, dsrs_f16)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_f32_bf16, float, dsrs_bf16)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_f16_f16, dsrs_f16, dsrs_f16)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_f16_f32, dsrs_f16, float)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_bf16_bf16, dsrs_bf16, dsrs_bf16)
+DSRS_ADAM_KERNEL(dsrs_fused_adam_bf16_f32, dsrs_bf16, float)

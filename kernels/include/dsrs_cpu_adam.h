@@ -1,13 +1,13 @@
 /*
- * dsrs_cpu_adam.h - the cpu_adam op: one Adam / AdamW step on fp32 parameters with fp32
- * optimizer states, with DeepSpeed's CPU-Adam semantics.
+ * dsrs_cpu_adam.h - the cpu_adam op: one Adam / AdamW step with DeepSpeed's CPU-Adam
+ * semantics, fp32/fp16/bf16 parameters with fp32 states (dsrs_cpu_optim.h).
  *
  * Per element i (float arithmetic, evaluated exactly in this order, no fused multiply-add):
  *
- *   g  = grad[i] / grad_scale                     (skipped when grad_scale == 1)
+ *   g  = grad[i] * inv_scale                       (inv_scale = 1/grad_scale, see below)
  *   if (weight_decay > 0 && !adamw_mode)  g = g + weight_decay * p        (L2)
  *   m  = beta1 * m + (1 - beta1) * g
- *   v  = beta2 * v + (1 - beta2) * g * g          (i.e. ((1 - beta2) * g) * g)
+ *   v  = beta2 * v + ((1 - beta2) * g) * g
  *   denom = sqrt(v) * bc2 + eps
  *   if (weight_decay > 0 && adamw_mode)   p = p + (-lr * weight_decay) * p (decoupled)
  *   p  = p + (-lr / bc1) * (m / denom)
@@ -15,18 +15,21 @@
  * with, computed once per call in double and then rounded to float:
  *   bc1 = bias_correction ? 1 - pow(beta1, step)          : 1
  *   bc2 = bias_correction ? 1 / sqrt(1 - pow(beta2, step)) : 1
+ *   inv_scale = 1 / grad_scale      (gradients are unscaled by multiplying, as DeepSpeed's
+ *                                    engine does; exact for grad_scale 1 and powers of two)
  * (1 - beta1), (1 - beta2), (-lr * weight_decay) and (-lr / bc1) are float operations.
+ * p is read from the parameters' dtype and the result rounded back to it.
  *
- * The four arrays must not overlap; they need no particular alignment.
- * The result does not depend on the SIMD level or the thread count (every operation is
- * a correctly rounded IEEE float operation and elements are independent).
+ * The result does not depend on the SIMD level, the thread count or the alignment (every
+ * operation is a correctly rounded IEEE float operation and elements are independent), and
+ * it matches the fused_adam CUDA kernel and the Rust reference bit for bit.
  */
 #ifndef DSRS_CPU_ADAM_H
 #define DSRS_CPU_ADAM_H
 
 #include <stdint.h>
 
-#include "dsrs_op.h"
+#include "dsrs_cpu_optim.h"
 
 #if defined(__cplusplus)
 extern "C" {
@@ -52,11 +55,17 @@ typedef struct dsrs_cpu_adam_config {
 } dsrs_cpu_adam_config;
 
 /*
- * One step over n elements, in place on params, exp_avg and exp_avg_sq.
- * Returns DSRS_OP_OK; DSRS_OP_ERR_NULL when cfg is NULL or, with n > 0, an array is NULL;
- * DSRS_OP_ERR_CONFIG when a field is out of range (see the struct; adamw_mode and
- * bias_correction must be 0 or 1). Nothing is written on error. n == 0 is a no-op.
+ * One step over b->n elements, in place on params, exp_avg and exp_avg_sq (both required),
+ * writing param_copy when it is not NULL.
+ * Returns DSRS_OP_OK; DSRS_OP_ERR_NULL when cfg or b is NULL or, with n > 0, a required
+ * array is NULL; DSRS_OP_ERR_CONFIG when a field is out of range (see the struct;
+ * adamw_mode and bias_correction must be 0 or 1; reserved must be 0); DSRS_OP_ERR_DTYPE for
+ * a dtype combination dsrs_cpu_optim.h does not list. Nothing is written on error.
  */
+DSRS_OP_EXPORT int32_t dsrs_cpu_adam_step(const dsrs_cpu_adam_config* cfg,
+                                          const dsrs_cpu_optim_buffers* b);
+
+/* The fp32-only entry point: dsrs_cpu_adam_step with fp32 params and grads, no copy. */
 DSRS_OP_EXPORT int32_t dsrs_cpu_adam_step_f32(float* params, const float* grads, float* exp_avg,
                                               float* exp_avg_sq, uint64_t n,
                                               const dsrs_cpu_adam_config* cfg);

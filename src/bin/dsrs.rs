@@ -28,6 +28,7 @@ commands:
   build [OP...]     build ops into the cache (default: every built-in op compatible here)
       --spec FILE     define an op from a JSON file (as dsrs_op_define) and build it
       --portable      build for the architecture's baseline, not -march=native
+      --simd LEVEL    CPU ops: build this SIMD level's code path (avx2, scalar, ...)
       --debug         add debug information
       --force         rebuild even when cached
       --no-prebuilt   ignore ops compiled into the library
@@ -128,6 +129,15 @@ fn build(args: &[&str]) -> ExitCode {
             "--force" => options.force_rebuild = true,
             "--no-prebuilt" => options.prebuilt = false,
             "--nvcc" => options.nvcc = true,
+            "--simd" => match it.next() {
+                Some(v) => {
+                    if let Err(e) = deepspeed_rs::ops::check_simd_level(v) {
+                        return usage_error("build", &e.to_string());
+                    }
+                    options.simd = Some(v.to_string());
+                }
+                None => return usage_error("build", "--simd needs a level (avx512, avx2, scalar)"),
+            },
             "--cuda-arch" => match it.next() {
                 Some(v) => options.cuda_arch = Some(v.to_string()),
                 None => {

@@ -25,6 +25,7 @@ pub mod buffer;
 pub mod common;
 pub(crate) mod handle;
 pub mod ops;
+pub mod optim;
 pub mod status;
 pub mod stream;
 

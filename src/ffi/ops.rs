@@ -38,7 +38,7 @@ pub unsafe extern "C" fn dsrs_op_define(spec_json: *const c_char) -> dsrs_status
 /// (`DSRS_BUILD_OPS=1`) when this CPU can run it; the cache's build after its SHA-256 is
 /// verified (a tampered artifact is rebuilt with a warning); a fresh build under a per-key
 /// lock (concurrent processes compile once). `options_json` may be NULL or an object with
-/// any of: `portable`, `debug`, `force_rebuild`, `prebuilt` (booleans), `cuda_arch`
+/// any of: `portable`, `debug`, `force_rebuild`, `prebuilt` (booleans), `simd` (`"avx2"`, `"scalar"`: a lower SIMD level than the machine's), `cuda_arch`
 /// (`"sm_90"`, `"compute_80"`), `nvcc` (boolean), `lock_timeout_s` (number), `cache_dir`
 /// (absolute path). Errors: `DSRS_STATUS_UNKNOWN_OP`, `DSRS_STATUS_OP_INCOMPATIBLE` (every
 /// reason, e.g. the C++ compiler named by `CXX` is missing), `DSRS_STATUS_BUILD_FAILED`

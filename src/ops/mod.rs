@@ -26,6 +26,7 @@ pub mod cache;
 pub mod compiler;
 mod jit;
 pub mod nvrtc;
+pub mod optim;
 mod prebuilt;
 mod progress;
 pub mod registry;
@@ -145,6 +146,10 @@ pub struct BuildOptions {
     pub portable: bool,
     /// Compile with debug information (`-g`), still optimized.
     pub debug: bool,
+    /// CPU ops: build for this SIMD level instead of the machine's widest (`"avx2"`,
+    /// `"scalar"`, ...; it must be one this CPU runs), e.g. to test each code path on one
+    /// machine. `DSRS_JIT_SIMD` sets the default. Ignored when `portable` (always scalar).
+    pub simd: Option<String>,
     /// Rebuild even if the cache has the op.
     pub force_rebuild: bool,
     /// Use an op compiled into the library (`DSRS_BUILD_OPS=1`) when it is compatible.
@@ -172,6 +177,10 @@ impl Default for BuildOptions {
         BuildOptions {
             portable: env_flag("DSRS_JIT_PORTABLE").unwrap_or(false),
             debug: env_flag("DSRS_JIT_DEBUG").unwrap_or(false),
+            simd: std::env::var("DSRS_JIT_SIMD")
+                .ok()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty() && s != "native"),
             force_rebuild: false,
             prebuilt: env_flag("DSRS_PREBUILT").unwrap_or(true),
             cuda_arch: std::env::var("DSRS_CUDA_ARCH")
@@ -205,7 +214,7 @@ impl BuildOptions {
         for (k, val) in given {
             if merged.get(&k).is_none() {
                 return Err(Error::config(format!(
-                    "op build options: unknown field '{k}'; known fields: portable, debug, force_rebuild, prebuilt, cuda_arch, nvcc, lock_timeout_s, cache_dir"
+                    "op build options: unknown field '{k}'; known fields: portable, debug, simd, force_rebuild, prebuilt, cuda_arch, nvcc, lock_timeout_s, cache_dir"
                 )));
             }
             let mut one = merged.clone();
@@ -234,6 +243,9 @@ impl BuildOptions {
         if let Some(a) = &o.cuda_arch {
             nvrtc::parse_arch(a)?;
         }
+        if let Some(l) = &o.simd {
+            check_simd_level(l)?;
+        }
         Ok(o)
     }
 
@@ -248,6 +260,32 @@ impl BuildOptions {
     fn lock_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.lock_timeout_s)
     }
+}
+
+/// Checks a forced SIMD level: known, and one this CPU can run.
+pub fn check_simd_level(level: &str) -> Result<()> {
+    let rank = |l: &str| match l {
+        "scalar" => Some(0),
+        "neon" | "avx2" => Some(1),
+        "avx512" => Some(2),
+        _ => None,
+    };
+    let here = cpu_info().simd.name();
+    let Some(r) = rank(level) else {
+        return Err(Error::config(format!(
+            "op build options: simd \"{level}\" is not a SIMD level; use avx512, avx2, neon or scalar"
+        )));
+    };
+    let same_family = level == "scalar"
+        || (level == "neon") == (here == "neon")
+            && rank(here).is_some_and(|h| h >= r)
+            && here != "scalar";
+    if !same_family {
+        return Err(Error::config(format!(
+            "op build options: simd \"{level}\" cannot run on this CPU, whose widest level is {here}"
+        )));
+    }
+    Ok(())
 }
 
 /// The build environment, probed lazily and memoized per value: the C++ compiler, NVRTC.
@@ -313,7 +351,12 @@ impl BuildEnv {
         if self.options.portable {
             "portable:scalar".into()
         } else {
-            format!("native:{}", cpu_info().simd.name())
+            let simd = self
+                .options
+                .simd
+                .as_deref()
+                .unwrap_or(cpu_info().simd.name());
+            format!("native:{simd}")
         }
     }
 }
@@ -511,6 +554,7 @@ pub fn load(name: &str, options: &BuildOptions) -> Result<Arc<LoadedOp>> {
     let env = BuildEnv::new(options.clone());
     if options.prebuilt
         && !options.force_rebuild
+        && (options.simd.is_none() || options.portable)
         && builder.kind() == OpKind::Cpu
         && let Some(p) = prebuilt::find(builder.spec())
     {

@@ -134,6 +134,14 @@ int main(void) {
         "dsrs_accelerator_name", "'buf'", "5");
   ABUSE("NULL stream for set_current_stream", dsrs_accelerator_set_current_stream(acc, NULL),
         DSRS_STATUS_NULL_ARGUMENT, "dsrs_accelerator_set_current_stream", "'stream'");
+  ABUSE("NULL config of dsrs_adam_step", dsrs_adam_step(NULL, NULL, 1, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_adam_step", "'config'");
+  ABUSE("NULL config of dsrs_adagrad_step", dsrs_adagrad_step(NULL, NULL, 1, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_adagrad_step", "'config'");
+  ABUSE("NULL config of dsrs_lion_step", dsrs_lion_step(NULL, NULL, 1, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_lion_step", "'config'");
+  ABUSE("NULL config of dsrs_lamb_step", dsrs_lamb_step(NULL, NULL, 1, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_lamb_step", "'config'");
 
   printf("-- stale, foreign and mistyped handles\n");
   dsrs_buffer *gone = NULL;

@@ -71,6 +71,7 @@ from .errors import (
     check,
 )
 from .ops import Op, cache_dir, define_op, list_ops, load_op
+from .optim import adagrad_step, adam_step, lamb_step, lion_step
 
 __version__ = "0.1.0"
 
@@ -90,13 +91,17 @@ __all__ = [
     "Stream",
     "abi_version",
     "accelerator_names",
+    "adagrad_step",
+    "adam_step",
     "cache_dir",
     "clear_last_error",
     "debug_panic",
     "define_op",
     "get_log_level",
+    "lamb_step",
     "last_error",
     "library_path",
+    "lion_step",
     "list_ops",
     "load_accelerator_plugin",
     "load_op",

@@ -309,6 +309,11 @@ PROTOTYPES = {
     "dsrs_graph_replay": (_S, [_H, _H]),
     "dsrs_graph_node_count": (_S, [_H, POINTER(c_size_t)]),
     "dsrs_graph_free": (_S, [_H]),
+    # optimizer steps (configs and dsrs_optim_tensors arrays by pointer; see optim.py)
+    "dsrs_adam_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
+    "dsrs_adagrad_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
+    "dsrs_lion_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
+    "dsrs_lamb_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
     # ops (op builders and their JIT)
     "dsrs_op_define": (_S, [c_char_p]),
     "dsrs_op_load": (_S, [c_char_p, c_char_p, _PH]),

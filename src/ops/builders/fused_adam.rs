@@ -1,7 +1,10 @@
-//! `fused_adam`: Adam/AdamW on the GPU, fp32 and bf16 parameters with fp32 states,
-//! vectorized loads; compiled by NVRTC for the device's compute capability.
+//! `fused_adam`: Adam/AdamW on the GPU over many tensors per launch (multi-tensor apply),
+//! fp32, fp16 or bf16 parameters, fp32 or parameter-dtype gradients, fp32 states, vectorized
+//! loads; compiled by NVRTC for the device's compute capability. Driven by
+//! `ops::optim::cuda::adam_step`.
 //!
-//! Kernels: `dsrs_fused_adam_f32`, `dsrs_fused_adam_bf16` (see `kernels/cuda/fused_adam.cu`).
+//! Kernels: `dsrs_fused_adam_<params>_<grads>` for every supported dtype pair (see
+//! `kernels/cuda/fused_adam.cu`).
 
 use std::borrow::Cow;
 
@@ -11,7 +14,7 @@ use super::super::spec::{OpKind, OpSpec, s, src};
 pub const SPEC: OpSpec = OpSpec {
     name: s("fused_adam"),
     kind: OpKind::Cuda,
-    description: s("Adam/AdamW on the GPU, fp32/bf16 parameters, fp32 states"),
+    description: s("Adam/AdamW on the GPU, multi-tensor, fp32/fp16/bf16 parameters, fp32 states"),
     sources: Cow::Borrowed(&[src(
         "cuda/fused_adam.cu",
         include_str!("../../../kernels/cuda/fused_adam.cu"),
@@ -20,6 +23,14 @@ pub const SPEC: OpSpec = OpSpec {
     include_dirs: Cow::Borrowed(&[]),
     defines: Cow::Borrowed(&[]),
     flags: Cow::Borrowed(&[]),
-    symbols: Cow::Borrowed(&[s("dsrs_fused_adam_f32"), s("dsrs_fused_adam_bf16")]),
+    symbols: Cow::Borrowed(&[
+        s("dsrs_fused_adam_f32_f32"),
+        s("dsrs_fused_adam_f32_f16"),
+        s("dsrs_fused_adam_f32_bf16"),
+        s("dsrs_fused_adam_f16_f16"),
+        s("dsrs_fused_adam_f16_f32"),
+        s("dsrs_fused_adam_bf16_bf16"),
+        s("dsrs_fused_adam_bf16_f32"),
+    ]),
     min_compute_capability: (7, 0),
 };

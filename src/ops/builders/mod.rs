@@ -6,12 +6,24 @@
 //! compile the CPU ops ahead of time (`DSRS_BUILD_OPS=1`), so these files must use nothing
 //! but `std` and [`super::spec`].
 
+pub mod cpu_adagrad;
 pub mod cpu_adam;
+pub mod cpu_lion;
 pub mod fused_adam;
+pub mod fused_lamb;
+pub mod fused_lion;
 pub mod philox_random;
 
 #[allow(unused_imports)]
 use super::spec::OpSpec;
 
 /// Every built-in op, in `dsrs report` order.
-pub const ALL: &[&OpSpec] = &[&cpu_adam::SPEC, &fused_adam::SPEC, &philox_random::SPEC];
+pub const ALL: &[&OpSpec] = &[
+    &cpu_adam::SPEC,
+    &cpu_adagrad::SPEC,
+    &cpu_lion::SPEC,
+    &fused_adam::SPEC,
+    &fused_lamb::SPEC,
+    &fused_lion::SPEC,
+    &philox_random::SPEC,
+];

@@ -1,0 +1,411 @@
+//! The CPU optimizer ops (`cpu_adam`, `cpu_adagrad`, `cpu_lion`) called from Rust: load
+//! once per build options, call through the op's C entry points, or fall back to the
+//! [`reference`](mod@super::reference).
+//!
+//! The entry points and the structs they take are declared in
+//! `kernels/include/dsrs_cpu_{optim,adam,adagrad,lion}.h`; the `#[repr(C)]` mirrors here
+//! are checked against the documented layouts by unit tests.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_void};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use super::{
+    AdagradParams, AdamParams, Backend, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran,
+    reference,
+};
+use crate::dsrs_warn;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::{self, BuildOptions};
+
+/// `dsrs_cpu_optim_buffers` (dsrs_cpu_optim.h), 64 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct KernelBuffers {
+    /// Parameters, updated in place.
+    pub params: *mut c_void,
+    /// Gradients.
+    pub grads: *const c_void,
+    /// First state (Adam's `exp_avg`, Lion's momentum) or NULL.
+    pub exp_avg: *mut f32,
+    /// Second state (Adam's `exp_avg_sq`, Adagrad's sum of squares) or NULL.
+    pub exp_avg_sq: *mut f32,
+    /// The low-precision copy, or NULL.
+    pub param_copy: *mut c_void,
+    /// Elements.
+    pub n: u64,
+    /// `DSRS_OPTIM_*` of the parameters.
+    pub params_dtype: i32,
+    /// `DSRS_OPTIM_*` of the gradients.
+    pub grads_dtype: i32,
+    /// `DSRS_OPTIM_*` of the copy.
+    pub copy_dtype: i32,
+    /// Zero.
+    pub reserved: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AdamConfig {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    adamw_mode: i32,
+    bias_correction: i32,
+    step: i64,
+    grad_scale: f32,
+    num_threads: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AdagradConfig {
+    lr: f32,
+    eps: f32,
+    weight_decay: f32,
+    grad_scale: f32,
+    num_threads: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct LionConfig {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    weight_decay: f32,
+    grad_scale: f32,
+    num_threads: i32,
+}
+
+/// The dtype code of the optimizer ABI (`DSRS_OPTIM_F32` = 0, `F16` = 1, `BF16` = 2).
+pub fn dtype_code(d: DType) -> Result<i32> {
+    match d {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        other => Err(Error::Unsupported(format!(
+            "optimizer tensors must be float32, float16 or bfloat16, got {}",
+            other.name()
+        ))),
+    }
+}
+
+/// One optimizer op's entry point and SIMD level, resolved once.
+#[derive(Clone)]
+struct Kernel {
+    step: usize,
+    simd: String,
+}
+
+/// Which op: its name, step symbol and SIMD-level symbol.
+#[derive(Clone, Copy)]
+struct OpNames {
+    op: &'static str,
+    step: &'static str,
+    level: &'static str,
+}
+
+const ADAM: OpNames = OpNames {
+    op: "cpu_adam",
+    step: "dsrs_cpu_adam_step",
+    level: "dsrs_cpu_adam_simd_level",
+};
+const ADAGRAD: OpNames = OpNames {
+    op: "cpu_adagrad",
+    step: "dsrs_cpu_adagrad_step",
+    level: "dsrs_cpu_adagrad_simd_level",
+};
+const LION: OpNames = OpNames {
+    op: "cpu_lion",
+    step: "dsrs_cpu_lion_step",
+    level: "dsrs_cpu_lion_simd_level",
+};
+
+type Memo = Mutex<HashMap<(&'static str, String), std::result::Result<Kernel, Arc<str>>>>;
+
+fn memo() -> &'static Memo {
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
+fn options_key(b: &BuildOptions) -> String {
+    serde_json::to_string(b).unwrap_or_default()
+}
+
+fn load_kernel(names: OpNames, build: &BuildOptions) -> Result<Kernel> {
+    let op = ops::load(names.op, build)?;
+    let step = op.symbol(names.step, 0)? as usize;
+    let level = op.symbol(names.level, 0)?;
+    // SAFETY: the symbol is the op's `const char* dsrs_cpu_*_simd_level(void)`.
+    let simd = unsafe {
+        let f: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(level);
+        CStr::from_ptr(f()).to_string_lossy().into_owned()
+    };
+    Ok(Kernel { step, simd })
+}
+
+/// The kernel for `exec`, or `None` to run the reference. `Auto` falls back (warning once
+/// per op and options, and not retrying the build); `Kernel` reports the load error.
+fn kernel_for(names: OpNames, exec: &Exec) -> Result<Option<Kernel>> {
+    if exec.backend == Backend::Reference {
+        return Ok(None);
+    }
+    let key = (names.op, options_key(&exec.build));
+    if let Some(hit) = memo().lock().get(&key) {
+        match (hit, exec.backend) {
+            (Ok(k), _) => return Ok(Some(k.clone())),
+            (Err(_), Backend::Auto) => return Ok(None),
+            (Err(_), _) => {} // retry, so the caller sees the real error
+        }
+    }
+    match load_kernel(names, &exec.build) {
+        Ok(k) => {
+            memo().lock().insert(key, Ok(k.clone()));
+            Ok(Some(k))
+        }
+        Err(e) if exec.backend == Backend::Auto => {
+            dsrs_warn!(
+                "dsrs::optim",
+                "op {} cannot be used ({e}); using the pure-Rust reference implementation, which is slower",
+                names.op
+            );
+            memo().lock().insert(key, Err(e.to_string().into()));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn status(op: &str, s: i32) -> Result<()> {
+    match s {
+        0 => Ok(()),
+        1 => Err(Error::Internal(format!(
+            "{op}: the kernel reported a NULL array"
+        ))),
+        2 => Err(Error::Internal(format!(
+            "{op}: the kernel refused a configuration value that passed validation"
+        ))),
+        3 => Err(Error::Internal(format!(
+            "{op}: the kernel refused a dtype combination that passed validation"
+        ))),
+        other => Err(Error::Internal(format!(
+            "{op}: the kernel returned unknown status {other}"
+        ))),
+    }
+}
+
+fn threads(exec: &Exec) -> Result<i32> {
+    i32::try_from(exec.num_threads)
+        .map_err(|_| Error::range(format!("num_threads = {} is too large", exec.num_threads)))
+}
+
+fn buffers(
+    params: &mut ParamsMut<'_>,
+    grads: &GradsRef<'_>,
+    exp_avg: Option<&mut [f32]>,
+    exp_avg_sq: Option<&mut [f32]>,
+    copy: &mut Option<CopyMut<'_>>,
+) -> Result<KernelBuffers> {
+    Ok(KernelBuffers {
+        params: params.as_mut_ptr().cast(),
+        grads: grads.as_ptr().cast(),
+        exp_avg: exp_avg.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+        exp_avg_sq: exp_avg_sq.map_or(std::ptr::null_mut(), |s| s.as_mut_ptr()),
+        param_copy: copy
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |c| c.as_mut_ptr().cast()),
+        n: params.len() as u64,
+        params_dtype: dtype_code(params.dtype())?,
+        grads_dtype: dtype_code(grads.dtype())?,
+        copy_dtype: copy.as_ref().map_or(Ok(0), |c| dtype_code(c.dtype()))?,
+        reserved: 0,
+    })
+}
+
+/// One Adam/AdamW step on host memory (see [`reference::adam_step`] for the formula).
+pub fn adam_step(
+    hp: &AdamParams,
+    mut params: ParamsMut<'_>,
+    grads: GradsRef<'_>,
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    mut copy: Option<CopyMut<'_>>,
+    exec: &Exec,
+) -> Result<Ran> {
+    hp.validate()?;
+    let nt = threads(exec)?;
+    let Some(k) = kernel_for(ADAM, exec)? else {
+        reference::adam_step(hp, params, grads, exp_avg, exp_avg_sq, copy)?;
+        return Ok(Ran::Reference);
+    };
+    super::check_dtypes(
+        "adam",
+        params.dtype(),
+        grads.dtype(),
+        copy.as_ref().map(|c| c.dtype()),
+    )?;
+    let n = params.len();
+    super::check_len(
+        "adam",
+        n,
+        &[
+            ("grads", grads.len()),
+            ("exp_avg", exp_avg.len()),
+            ("exp_avg_sq", exp_avg_sq.len()),
+        ],
+    )?;
+    if let Some(c) = &copy {
+        super::check_len("adam", n, &[("param_copy", c.len())])?;
+    }
+    let b = buffers(
+        &mut params,
+        &grads,
+        Some(exp_avg),
+        Some(exp_avg_sq),
+        &mut copy,
+    )?;
+    let cfg = AdamConfig {
+        lr: hp.lr,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: hp.eps,
+        weight_decay: hp.weight_decay,
+        adamw_mode: i32::from(hp.adamw_mode),
+        bias_correction: i32::from(hp.bias_correction),
+        step: hp.step as i64,
+        grad_scale: hp.grad_scale,
+        num_threads: nt,
+    };
+    // SAFETY: the symbol is `int32_t dsrs_cpu_adam_step(const dsrs_cpu_adam_config*, const
+    // dsrs_cpu_optim_buffers*)`; the buffers point into slices of n elements that Rust's
+    // borrows keep alive and disjoint for the call.
+    let s = unsafe {
+        let f: unsafe extern "C" fn(*const AdamConfig, *const KernelBuffers) -> i32 =
+            std::mem::transmute(k.step);
+        f(&cfg, &b)
+    };
+    status("cpu_adam", s)?;
+    Ok(Ran::Kernel(k.simd))
+}
+
+/// One Adagrad step on host memory (see [`reference::adagrad_step`]).
+pub fn adagrad_step(
+    hp: &AdagradParams,
+    mut params: ParamsMut<'_>,
+    grads: GradsRef<'_>,
+    exp_avg_sq: &mut [f32],
+    mut copy: Option<CopyMut<'_>>,
+    exec: &Exec,
+) -> Result<Ran> {
+    hp.validate()?;
+    let nt = threads(exec)?;
+    let Some(k) = kernel_for(ADAGRAD, exec)? else {
+        reference::adagrad_step(hp, params, grads, exp_avg_sq, copy)?;
+        return Ok(Ran::Reference);
+    };
+    super::check_dtypes(
+        "adagrad",
+        params.dtype(),
+        grads.dtype(),
+        copy.as_ref().map(|c| c.dtype()),
+    )?;
+    let n = params.len();
+    super::check_len(
+        "adagrad",
+        n,
+        &[("grads", grads.len()), ("exp_avg_sq", exp_avg_sq.len())],
+    )?;
+    if let Some(c) = &copy {
+        super::check_len("adagrad", n, &[("param_copy", c.len())])?;
+    }
+    let b = buffers(&mut params, &grads, None, Some(exp_avg_sq), &mut copy)?;
+    let cfg = AdagradConfig {
+        lr: hp.lr,
+        eps: hp.eps,
+        weight_decay: hp.weight_decay,
+        grad_scale: hp.grad_scale,
+        num_threads: nt,
+    };
+    // SAFETY: as in adam_step, for dsrs_cpu_adagrad_step.
+    let s = unsafe {
+        let f: unsafe extern "C" fn(*const AdagradConfig, *const KernelBuffers) -> i32 =
+            std::mem::transmute(k.step);
+        f(&cfg, &b)
+    };
+    status("cpu_adagrad", s)?;
+    Ok(Ran::Kernel(k.simd))
+}
+
+/// One Lion step on host memory (see [`reference::lion_step`]).
+pub fn lion_step(
+    hp: &LionParams,
+    mut params: ParamsMut<'_>,
+    grads: GradsRef<'_>,
+    exp_avg: &mut [f32],
+    mut copy: Option<CopyMut<'_>>,
+    exec: &Exec,
+) -> Result<Ran> {
+    hp.validate()?;
+    let nt = threads(exec)?;
+    let Some(k) = kernel_for(LION, exec)? else {
+        reference::lion_step(hp, params, grads, exp_avg, copy)?;
+        return Ok(Ran::Reference);
+    };
+    super::check_dtypes(
+        "lion",
+        params.dtype(),
+        grads.dtype(),
+        copy.as_ref().map(|c| c.dtype()),
+    )?;
+    let n = params.len();
+    super::check_len(
+        "lion",
+        n,
+        &[("grads", grads.len()), ("exp_avg", exp_avg.len())],
+    )?;
+    if let Some(c) = &copy {
+        super::check_len("lion", n, &[("param_copy", c.len())])?;
+    }
+    let b = buffers(&mut params, &grads, Some(exp_avg), None, &mut copy)?;
+    let cfg = LionConfig {
+        lr: hp.lr,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        weight_decay: hp.weight_decay,
+        grad_scale: hp.grad_scale,
+        num_threads: nt,
+    };
+    // SAFETY: as in adam_step, for dsrs_cpu_lion_step.
+    let s = unsafe {
+        let f: unsafe extern "C" fn(*const LionConfig, *const KernelBuffers) -> i32 =
+            std::mem::transmute(k.step);
+        f(&cfg, &b)
+    };
+    status("cpu_lion", s)?;
+    Ok(Ran::Kernel(k.simd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_match_the_headers() {
+        assert_eq!(size_of::<KernelBuffers>(), 64);
+        assert_eq!(offset_of!(KernelBuffers, n), 40);
+        assert_eq!(offset_of!(KernelBuffers, reserved), 60);
+        assert_eq!(size_of::<AdamConfig>(), 48);
+        assert_eq!(offset_of!(AdamConfig, step), 32);
+        assert_eq!(offset_of!(AdamConfig, num_threads), 44);
+        assert_eq!(size_of::<AdagradConfig>(), 20);
+        assert_eq!(size_of::<LionConfig>(), 24);
+        assert_eq!(offset_of!(LionConfig, num_threads), 20);
+    }
+}
