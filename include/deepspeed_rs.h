@@ -604,6 +604,61 @@ typedef struct dsrs_lamb_config {
 } dsrs_lamb_config;
 
 /**
+ * Rounding of `dsrs_quantize_config`.
+ */
+typedef int32_t dsrs_rounding;
+
+/**
+ * Which implementation runs a quantization of host tensors (`dsrs_quantize_config`).
+ */
+typedef int32_t dsrs_quantize_backend;
+
+/**
+ * How to quantize. Layout (C, natural alignment; 48 bytes, align 8): 0 `bits`,
+ * 4 `symmetric` (int32), 8 `group_size` (uint64), 16 `rounding` (int32), 20: 4 bytes of
+ * padding, 24 `seed`, 32 `offset` (uint64), 40 `num_threads`, 44 `backend` (int32).
+ * Zero-initialize it and set the fields. Every field is checked on entry; a bad one is
+ * `DSRS_STATUS_OUT_OF_RANGE` naming it (`config->bits must be 8 (int8) or 4 ...`).
+ */
+typedef struct dsrs_quantize_config {
+  /**
+   * 8 (int8, one byte per element) or 4 (packed int4: element 2i in the low nibble of
+   * byte i, 2i+1 in the high nibble, over the whole flattened tensor).
+   */
+  int32_t bits;
+  /**
+   * 1: symmetric (q in [-127, 127] / [-7, 7], scales only); 0: asymmetric (q in
+   * [0, 255] / [0, 15], scales and offsets).
+   */
+  int32_t symmetric;
+  /**
+   * Elements per group, >= 1 (any value; the last group may be partial).
+   */
+  uint64_t group_size;
+  /**
+   * `DSRS_ROUNDING_NEAREST` or `DSRS_ROUNDING_STOCHASTIC`.
+   */
+  dsrs_rounding rounding;
+  /**
+   * Stochastic rounding: the Philox key.
+   */
+  uint64_t seed;
+  /**
+   * Stochastic rounding: the first Philox block; element i uses word i % 4 of block
+   * offset + i / 4, so a call uses ceil(n / 4) blocks (advance by that much).
+   */
+  uint64_t offset;
+  /**
+   * CPU threads (0: the OpenMP default). Ignored for CUDA tensors.
+   */
+  int32_t num_threads;
+  /**
+   * `DSRS_QUANTIZE_BACKEND_*` (0, AUTO, is the default).
+   */
+  dsrs_quantize_backend backend;
+} dsrs_quantize_config;
+
+/**
  * Memory statistics a plugin reports for one device (`memory_stats` entry).
  */
 typedef struct dsrs_plugin_memory_stats {
@@ -907,6 +962,31 @@ typedef const struct dsrs_accelerator_plugin_v1 *(*dsrs_accelerator_plugin_entry
  * The pure-Rust reference implementation (host tensors only; never builds anything).
  */
 #define DSRS_OPTIM_BACKEND_REFERENCE 2
+
+/**
+ * Round to nearest, ties to even.
+ */
+#define DSRS_ROUNDING_NEAREST 0
+
+/**
+ * Stochastic: `floor(v + u)`, `u` uniform in [0, 1) from Philox (seed, offset).
+ */
+#define DSRS_ROUNDING_STOCHASTIC 1
+
+/**
+ * The `cpu_quantizer` op; when it cannot be built, the pure-Rust reference (one warning).
+ */
+#define DSRS_QUANTIZE_BACKEND_AUTO 0
+
+/**
+ * The op only: a build failure is an error.
+ */
+#define DSRS_QUANTIZE_BACKEND_KERNEL 1
+
+/**
+ * The pure-Rust reference only (host tensors only; never builds anything).
+ */
+#define DSRS_QUANTIZE_BACKEND_REFERENCE 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -1547,6 +1627,46 @@ dsrs_status dsrs_lamb_step(const struct dsrs_lamb_config *config,
                            const struct dsrs_optim_tensors *tensors,
                            size_t count,
                            struct dsrs_stream *stream);
+
+/**
+ * `*q_bytes` receives the size of the quantized data for `n` elements (`n` for 8 bits,
+ * `ceil(n / 2)` for 4) and `*num_groups` the number of scales (and offsets):
+ * `ceil(n / group_size)`. Only `bits` and `group_size` of `config` are read (and checked).
+ */
+dsrs_status dsrs_quantize_sizes(uint64_t n,
+                                const struct dsrs_quantize_config *config,
+                                uint64_t *q_bytes,
+                                uint64_t *num_groups);
+
+/**
+ * Quantizes `input` (float32, float16 or bfloat16; any shape, read flattened) group-wise
+ * into `q` (int8 or uint8, `dsrs_quantize_sizes` bytes), `scales` (float32, one per
+ * group) and, when asymmetric, `offsets` (float32, one per group; must be NULL when
+ * symmetric). All tensors must be contiguous, non-overlapping and on one device: host
+ * memory (`kDLCPU`, `kDLCUDAHost`) runs on the CPU (a non-NULL `stream` is synchronized
+ * first), a CUDA device (`kDLCUDA`) runs the CUDA kernels asynchronously on `stream`,
+ * which must be a stream of the CUDA accelerator on that device (NULL: the current
+ * stream of the current accelerator, which must then be CUDA). The format and formulas
+ * are in docs/quantizer.md; CPU and CUDA results are identical bit for bit.
+ */
+dsrs_status dsrs_quantize(const struct dsrs_quantize_config *config,
+                          const DLTensor *input,
+                          DLTensor *q,
+                          DLTensor *scales,
+                          DLTensor *offsets,
+                          struct dsrs_stream *stream);
+
+/**
+ * Dequantizes `q`, `scales` and (asymmetric) `offsets` into `output` (float32, float16 or
+ * bfloat16; its element count is the count that was quantized). Tensors, devices and
+ * `stream` as for `dsrs_quantize`; `config->rounding`, `seed` and `offset` are ignored.
+ */
+dsrs_status dsrs_dequantize(const struct dsrs_quantize_config *config,
+                            const DLTensor *q,
+                            const DLTensor *scales,
+                            const DLTensor *offsets,
+                            DLTensor *output,
+                            struct dsrs_stream *stream);
 
 /**
  * A new stream on the current device. Free with `dsrs_stream_free`.

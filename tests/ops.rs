@@ -739,9 +739,11 @@ fn the_report_has_the_op_table_and_the_build_environment() {
             "cpu_adam",
             "cpu_adagrad",
             "cpu_lion",
+            "cpu_quantizer",
             "fused_adam",
             "fused_lamb",
             "fused_lion",
+            "cuda_quantizer",
             "philox_random"
         ]
     );

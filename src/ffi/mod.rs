@@ -26,6 +26,7 @@ pub mod common;
 pub(crate) mod handle;
 pub mod ops;
 pub mod optim;
+pub mod quantizer;
 pub mod status;
 pub mod stream;
 

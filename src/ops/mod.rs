@@ -29,6 +29,7 @@ pub mod nvrtc;
 pub mod optim;
 mod prebuilt;
 mod progress;
+pub mod quantizer;
 pub mod registry;
 pub mod spec;
 

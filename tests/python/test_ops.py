@@ -31,9 +31,11 @@ BUILTIN_OPS = (
     "cpu_adam",
     "cpu_adagrad",
     "cpu_lion",
+    "cpu_quantizer",
     "fused_adam",
     "fused_lamb",
     "fused_lion",
+    "cuda_quantizer",
     "philox_random",
 )
 SIMD_LEVELS = ("avx512", "avx2", "neon", "scalar")

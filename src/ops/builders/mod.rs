@@ -9,6 +9,8 @@
 pub mod cpu_adagrad;
 pub mod cpu_adam;
 pub mod cpu_lion;
+pub mod cpu_quantizer;
+pub mod cuda_quantizer;
 pub mod fused_adam;
 pub mod fused_lamb;
 pub mod fused_lion;
@@ -22,8 +24,10 @@ pub const ALL: &[&OpSpec] = &[
     &cpu_adam::SPEC,
     &cpu_adagrad::SPEC,
     &cpu_lion::SPEC,
+    &cpu_quantizer::SPEC,
     &fused_adam::SPEC,
     &fused_lamb::SPEC,
     &fused_lion::SPEC,
+    &cuda_quantizer::SPEC,
     &philox_random::SPEC,
 ];
