@@ -19,7 +19,7 @@ use crate::dlpack::{DLTensor, TensorRef, kDLCPU, kDLCUDA, kDLCUDAHost};
 use crate::dtype::DType;
 use crate::ffi_body;
 use crate::ops::optim::{
-    self, AdagradParams, AdamParams, Backend, CopyMut, Exec, GradsRef, LionParams, ParamsMut,
+    self, AdagradParams, AdamParams, Backend, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran,
     cuda::CudaTensors,
     lamb::{self, LambParams},
 };
@@ -549,6 +549,43 @@ fn no_copy_on_cuda(list: &[Entry]) -> Result<(), FfiError> {
     Ok(())
 }
 
+/// A CUDA step: the stream and the tensors' device descriptions.
+type CudaStep<'a> = &'a dyn Fn(&CudaStream, &[CudaTensors]) -> crate::Result<Ran>;
+
+/// Runs a step where its tensors live: `host` once per entry on the calling thread, or
+/// `cuda` once for all entries on the stream (`None`: the optimizer has no CUDA kernel).
+fn dispatch(
+    name: &str,
+    list: &[Entry],
+    place: Place,
+    stream: *mut dsrs_stream,
+    mut host: impl FnMut(&Entry) -> crate::Result<Ran>,
+    cuda: Option<CudaStep<'_>>,
+) -> Result<(), FfiError> {
+    match place {
+        Place::Host => {
+            for e in list {
+                host(e)?;
+            }
+        }
+        Place::Cuda(dev) => {
+            let Some(cuda) = cuda else {
+                return Err(FfiError::new(
+                    DSRS_STATUS_UNSUPPORTED,
+                    format!(
+                        "{name} has no CUDA kernel; the tensors are on CUDA device {dev} (use host tensors, as DeepSpeed's CPU {name})"
+                    ),
+                ));
+            };
+            no_copy_on_cuda(list)?;
+            let s = cuda_stream(stream, dev)?;
+            let cs = s.stream.as_any().downcast_ref::<CudaStream>().unwrap();
+            cuda(cs, &cuda_tensors(list))?;
+        }
+    }
+    Ok(())
+}
+
 /// One Adam / AdamW step over `count` parameters (DeepSpeed's semantics; the formula is in
 /// docs/optimizers.md). Host tensors run the cpu_adam op on the calling thread (one call
 /// per entry; `stream` is ignored and may be NULL); CUDA tensors run the fused_adam op's
@@ -579,32 +616,19 @@ pub unsafe extern "C" fn dsrs_adam_step(
         hp.validate()?;
         let ex = exec(c.num_threads, c.backend)?;
         let (list, place) = entries(tensors, count, Needs { name: "adam", exp_avg: true, exp_avg_sq: true })?;
-        match place {
-            Place::Host => {
-                for e in &list {
-                    // SAFETY: see the view functions.
-                    unsafe {
-                        optim::cpu::adam_step(
-                            &hp,
-                            params_view(&e.params),
-                            grads_view(&e.grads),
-                            state_view(e.exp_avg.as_ref().unwrap()),
-                            state_view(e.exp_avg_sq.as_ref().unwrap()),
-                            e.copy.as_ref().map(|t| copy_view(t)),
-                            &ex,
-                        )
-                    }?;
-                }
-            }
-            Place::Cuda(dev) => {
-                no_copy_on_cuda(&list)?;
-                let s = cuda_stream(stream, dev)?;
-                let cs = s.stream.as_any().downcast_ref::<CudaStream>().unwrap();
-                // SAFETY: the tensors are validated kDLCUDA tensors of the stream's device;
-                // their memory is the caller's contract.
-                unsafe { optim::cuda::adam_step(cs, &hp, &cuda_tensors(&list), &ex.build) }?;
-            }
-        }
+        // SAFETY (both closures): the entries are validated tensors of their place (see the
+        // view functions); their memory is the caller's contract.
+        dispatch("adam", &list, place, stream, |e| unsafe {
+            optim::cpu::adam_step(
+                &hp,
+                params_view(&e.params),
+                grads_view(&e.grads),
+                state_view(e.exp_avg.as_ref().unwrap()),
+                state_view(e.exp_avg_sq.as_ref().unwrap()),
+                e.copy.as_ref().map(|t| copy_view(t)),
+                &ex,
+            )
+        }, Some(&|cs, t| unsafe { optim::cuda::adam_step(cs, &hp, t, &ex.build) }))?;
         Ok(())
     }
 }
@@ -631,25 +655,17 @@ pub unsafe extern "C" fn dsrs_adagrad_step(
         hp.validate()?;
         let ex = exec(c.num_threads, c.backend)?;
         let (list, place) = entries(tensors, count, Needs { name: "adagrad", exp_avg: false, exp_avg_sq: true })?;
-        if let Place::Cuda(dev) = place {
-            return Err(FfiError::new(
-                DSRS_STATUS_UNSUPPORTED,
-                format!("adagrad has no CUDA kernel; the tensors are on CUDA device {dev} (use host tensors, as DeepSpeed's CPU Adagrad)"),
-            ));
-        }
-        for e in &list {
-            // SAFETY: see the view functions.
-            unsafe {
-                optim::cpu::adagrad_step(
-                    &hp,
-                    params_view(&e.params),
-                    grads_view(&e.grads),
-                    state_view(e.exp_avg_sq.as_ref().unwrap()),
-                    e.copy.as_ref().map(|t| copy_view(t)),
-                    &ex,
-                )
-            }?;
-        }
+        // SAFETY: as in dsrs_adam_step.
+        dispatch("adagrad", &list, place, stream, |e| unsafe {
+            optim::cpu::adagrad_step(
+                &hp,
+                params_view(&e.params),
+                grads_view(&e.grads),
+                state_view(e.exp_avg_sq.as_ref().unwrap()),
+                e.copy.as_ref().map(|t| copy_view(t)),
+                &ex,
+            )
+        }, None)?;
         Ok(())
     }
 }
@@ -676,31 +692,17 @@ pub unsafe extern "C" fn dsrs_lion_step(
         hp.validate()?;
         let ex = exec(c.num_threads, c.backend)?;
         let (list, place) = entries(tensors, count, Needs { name: "lion", exp_avg: true, exp_avg_sq: false })?;
-        match place {
-            Place::Host => {
-                for e in &list {
-                    // SAFETY: see the view functions.
-                    unsafe {
-                        optim::cpu::lion_step(
-                            &hp,
-                            params_view(&e.params),
-                            grads_view(&e.grads),
-                            state_view(e.exp_avg.as_ref().unwrap()),
-                            e.copy.as_ref().map(|t| copy_view(t)),
-                            &ex,
-                        )
-                    }?;
-                }
-            }
-            Place::Cuda(dev) => {
-                no_copy_on_cuda(&list)?;
-                let s = cuda_stream(stream, dev)?;
-                let cs = s.stream.as_any().downcast_ref::<CudaStream>().unwrap();
-                // SAFETY: the tensors are validated kDLCUDA tensors of the stream's device;
-                // their memory is the caller's contract.
-                unsafe { optim::cuda::lion_step(cs, &hp, &cuda_tensors(&list), &ex.build) }?;
-            }
-        }
+        // SAFETY: as in dsrs_adam_step.
+        dispatch("lion", &list, place, stream, |e| unsafe {
+            optim::cpu::lion_step(
+                &hp,
+                params_view(&e.params),
+                grads_view(&e.grads),
+                state_view(e.exp_avg.as_ref().unwrap()),
+                e.copy.as_ref().map(|t| copy_view(t)),
+                &ex,
+            )
+        }, Some(&|cs, t| unsafe { optim::cuda::lion_step(cs, &hp, t, &ex.build) }))?;
         Ok(())
     }
 }
@@ -744,34 +746,23 @@ pub unsafe extern "C" fn dsrs_lamb_step(
                 format!("tensors[{i}].param_copy: LAMB steps do not write a parameter copy"),
             ));
         }
-        match place {
-            Place::Host => {
-                if b == Backend::Kernel {
-                    return Err(FfiError::new(
-                        DSRS_STATUS_UNSUPPORTED,
-                        "lamb has no CPU kernel: host tensors run the reference (backend AUTO or REFERENCE)",
-                    ));
-                }
-                for e in &list {
-                    // SAFETY: see the view functions.
-                    unsafe {
-                        lamb::lamb_step_reference(
-                            &hp,
-                            params_view(&e.params),
-                            grads_view(&e.grads),
-                            state_view(e.exp_avg.as_ref().unwrap()),
-                            state_view(e.exp_avg_sq.as_ref().unwrap()),
-                        )
-                    }?;
-                }
-            }
-            Place::Cuda(dev) => {
-                let s = cuda_stream(stream, dev)?;
-                let cs = s.stream.as_any().downcast_ref::<CudaStream>().unwrap();
-                // SAFETY: as in dsrs_adam_step.
-                unsafe { optim::cuda::lamb_step(cs, &hp, &cuda_tensors(&list), &Default::default()) }?;
-            }
+        if place == Place::Host && b == Backend::Kernel {
+            return Err(FfiError::new(
+                DSRS_STATUS_UNSUPPORTED,
+                "lamb has no CPU kernel: host tensors run the reference (backend AUTO or REFERENCE)",
+            ));
         }
+        // SAFETY: as in dsrs_adam_step.
+        dispatch("lamb", &list, place, stream, |e| unsafe {
+            lamb::lamb_step_reference(
+                &hp,
+                params_view(&e.params),
+                grads_view(&e.grads),
+                state_view(e.exp_avg.as_ref().unwrap()),
+                state_view(e.exp_avg_sq.as_ref().unwrap()),
+            )
+            .map(|_| Ran::Reference)
+        }, Some(&|cs, t| unsafe { optim::cuda::lamb_step(cs, &hp, t, &Default::default()) }))?;
         Ok(())
     }
 }

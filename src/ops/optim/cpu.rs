@@ -228,49 +228,83 @@ fn buffers(
     })
 }
 
-/// One Adam/AdamW step on host memory (see [`reference::adam_step`] for the formula).
-pub fn adam_step(
-    hp: &AdamParams,
-    mut params: ParamsMut<'_>,
-    grads: GradsRef<'_>,
-    exp_avg: &mut [f32],
-    exp_avg_sq: &mut [f32],
-    mut copy: Option<CopyMut<'_>>,
+/// The two fp32 state arrays of a step (`exp_avg`, `exp_avg_sq`); `None` where the
+/// optimizer has no such state.
+type States<'a> = [Option<&'a mut [f32]>; 2];
+
+/// The arrays of one step.
+struct Arrays<'a> {
+    params: ParamsMut<'a>,
+    grads: GradsRef<'a>,
+    states: States<'a>,
+    copy: Option<CopyMut<'a>>,
+}
+
+/// Runs one step: the op's kernel (config from `cfg(num_threads)`), or `reference` when
+/// `exec` says so or the op cannot be used under `Backend::Auto`. Checks dtypes and lengths
+/// before the kernel sees anything.
+fn run<C>(
+    names: OpNames,
     exec: &Exec,
+    cfg: impl FnOnce(i32) -> C,
+    arrays: Arrays<'_>,
+    reference: impl FnOnce(Arrays<'_>) -> Result<()>,
 ) -> Result<Ran> {
-    hp.validate()?;
     let nt = threads(exec)?;
-    let Some(k) = kernel_for(ADAM, exec)? else {
-        reference::adam_step(hp, params, grads, exp_avg, exp_avg_sq, copy)?;
+    let Some(k) = kernel_for(names, exec)? else {
+        reference(arrays)?;
         return Ok(Ran::Reference);
     };
+    let Arrays {
+        mut params,
+        grads,
+        states,
+        mut copy,
+    } = arrays;
+    let what = names.op.trim_start_matches("cpu_");
     super::check_dtypes(
-        "adam",
+        what,
         params.dtype(),
         grads.dtype(),
         copy.as_ref().map(|c| c.dtype()),
     )?;
     let n = params.len();
-    super::check_len(
-        "adam",
-        n,
-        &[
-            ("grads", grads.len()),
-            ("exp_avg", exp_avg.len()),
-            ("exp_avg_sq", exp_avg_sq.len()),
-        ],
-    )?;
-    if let Some(c) = &copy {
-        super::check_len("adam", n, &[("param_copy", c.len())])?;
+    super::check_len(what, n, &[("grads", grads.len())])?;
+    let [m, v] = states;
+    for (name, s) in [("exp_avg", &m), ("exp_avg_sq", &v)] {
+        if let Some(s) = s {
+            super::check_len(what, n, &[(name, s.len())])?;
+        }
     }
-    let b = buffers(
-        &mut params,
-        &grads,
-        Some(exp_avg),
-        Some(exp_avg_sq),
-        &mut copy,
-    )?;
-    let cfg = AdamConfig {
+    if let Some(c) = &copy {
+        super::check_len(what, n, &[("param_copy", c.len())])?;
+    }
+    let b = buffers(&mut params, &grads, m, v, &mut copy)?;
+    let cfg = cfg(nt);
+    // SAFETY: the symbol is `int32_t dsrs_cpu_<op>_step(const <config>*, const
+    // dsrs_cpu_optim_buffers*)` with `C` the config's #[repr(C)] mirror; the buffers point
+    // into slices of n elements that Rust's borrows keep alive and disjoint for the call.
+    let s = unsafe {
+        let f: unsafe extern "C" fn(*const C, *const KernelBuffers) -> i32 =
+            std::mem::transmute(k.step);
+        f(&cfg, &b)
+    };
+    status(names.op, s)?;
+    Ok(Ran::Kernel(k.simd))
+}
+
+/// One Adam/AdamW step on host memory (see [`reference::adam_step`] for the formula).
+pub fn adam_step(
+    hp: &AdamParams,
+    params: ParamsMut<'_>,
+    grads: GradsRef<'_>,
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    copy: Option<CopyMut<'_>>,
+    exec: &Exec,
+) -> Result<Ran> {
+    hp.validate()?;
+    let cfg = |num_threads| AdamConfig {
         lr: hp.lr,
         beta1: hp.beta1,
         beta2: hp.beta2,
@@ -280,115 +314,92 @@ pub fn adam_step(
         bias_correction: i32::from(hp.bias_correction),
         step: hp.step as i64,
         grad_scale: hp.grad_scale,
-        num_threads: nt,
+        num_threads,
     };
-    // SAFETY: the symbol is `int32_t dsrs_cpu_adam_step(const dsrs_cpu_adam_config*, const
-    // dsrs_cpu_optim_buffers*)`; the buffers point into slices of n elements that Rust's
-    // borrows keep alive and disjoint for the call.
-    let s = unsafe {
-        let f: unsafe extern "C" fn(*const AdamConfig, *const KernelBuffers) -> i32 =
-            std::mem::transmute(k.step);
-        f(&cfg, &b)
-    };
-    status("cpu_adam", s)?;
-    Ok(Ran::Kernel(k.simd))
+    run(
+        ADAM,
+        exec,
+        cfg,
+        Arrays {
+            params,
+            grads,
+            states: [Some(exp_avg), Some(exp_avg_sq)],
+            copy,
+        },
+        |a| {
+            let [m, v] = a.states;
+            reference::adam_step(hp, a.params, a.grads, m.unwrap(), v.unwrap(), a.copy)
+        },
+    )
 }
 
 /// One Adagrad step on host memory (see [`reference::adagrad_step`]).
 pub fn adagrad_step(
     hp: &AdagradParams,
-    mut params: ParamsMut<'_>,
+    params: ParamsMut<'_>,
     grads: GradsRef<'_>,
     exp_avg_sq: &mut [f32],
-    mut copy: Option<CopyMut<'_>>,
+    copy: Option<CopyMut<'_>>,
     exec: &Exec,
 ) -> Result<Ran> {
     hp.validate()?;
-    let nt = threads(exec)?;
-    let Some(k) = kernel_for(ADAGRAD, exec)? else {
-        reference::adagrad_step(hp, params, grads, exp_avg_sq, copy)?;
-        return Ok(Ran::Reference);
-    };
-    super::check_dtypes(
-        "adagrad",
-        params.dtype(),
-        grads.dtype(),
-        copy.as_ref().map(|c| c.dtype()),
-    )?;
-    let n = params.len();
-    super::check_len(
-        "adagrad",
-        n,
-        &[("grads", grads.len()), ("exp_avg_sq", exp_avg_sq.len())],
-    )?;
-    if let Some(c) = &copy {
-        super::check_len("adagrad", n, &[("param_copy", c.len())])?;
-    }
-    let b = buffers(&mut params, &grads, None, Some(exp_avg_sq), &mut copy)?;
-    let cfg = AdagradConfig {
+    let cfg = |num_threads| AdagradConfig {
         lr: hp.lr,
         eps: hp.eps,
         weight_decay: hp.weight_decay,
         grad_scale: hp.grad_scale,
-        num_threads: nt,
+        num_threads,
     };
-    // SAFETY: as in adam_step, for dsrs_cpu_adagrad_step.
-    let s = unsafe {
-        let f: unsafe extern "C" fn(*const AdagradConfig, *const KernelBuffers) -> i32 =
-            std::mem::transmute(k.step);
-        f(&cfg, &b)
-    };
-    status("cpu_adagrad", s)?;
-    Ok(Ran::Kernel(k.simd))
+    run(
+        ADAGRAD,
+        exec,
+        cfg,
+        Arrays {
+            params,
+            grads,
+            states: [None, Some(exp_avg_sq)],
+            copy,
+        },
+        |a| {
+            let [_, v] = a.states;
+            reference::adagrad_step(hp, a.params, a.grads, v.unwrap(), a.copy)
+        },
+    )
 }
 
 /// One Lion step on host memory (see [`reference::lion_step`]).
 pub fn lion_step(
     hp: &LionParams,
-    mut params: ParamsMut<'_>,
+    params: ParamsMut<'_>,
     grads: GradsRef<'_>,
     exp_avg: &mut [f32],
-    mut copy: Option<CopyMut<'_>>,
+    copy: Option<CopyMut<'_>>,
     exec: &Exec,
 ) -> Result<Ran> {
     hp.validate()?;
-    let nt = threads(exec)?;
-    let Some(k) = kernel_for(LION, exec)? else {
-        reference::lion_step(hp, params, grads, exp_avg, copy)?;
-        return Ok(Ran::Reference);
-    };
-    super::check_dtypes(
-        "lion",
-        params.dtype(),
-        grads.dtype(),
-        copy.as_ref().map(|c| c.dtype()),
-    )?;
-    let n = params.len();
-    super::check_len(
-        "lion",
-        n,
-        &[("grads", grads.len()), ("exp_avg", exp_avg.len())],
-    )?;
-    if let Some(c) = &copy {
-        super::check_len("lion", n, &[("param_copy", c.len())])?;
-    }
-    let b = buffers(&mut params, &grads, Some(exp_avg), None, &mut copy)?;
-    let cfg = LionConfig {
+    let cfg = |num_threads| LionConfig {
         lr: hp.lr,
         beta1: hp.beta1,
         beta2: hp.beta2,
         weight_decay: hp.weight_decay,
         grad_scale: hp.grad_scale,
-        num_threads: nt,
+        num_threads,
     };
-    // SAFETY: as in adam_step, for dsrs_cpu_lion_step.
-    let s = unsafe {
-        let f: unsafe extern "C" fn(*const LionConfig, *const KernelBuffers) -> i32 =
-            std::mem::transmute(k.step);
-        f(&cfg, &b)
-    };
-    status("cpu_lion", s)?;
-    Ok(Ran::Kernel(k.simd))
+    run(
+        LION,
+        exec,
+        cfg,
+        Arrays {
+            params,
+            grads,
+            states: [Some(exp_avg), None],
+            copy,
+        },
+        |a| {
+            let [m, _] = a.states;
+            reference::lion_step(hp, a.params, a.grads, m.unwrap(), a.copy)
+        },
+    )
 }
 
 #[cfg(test)]
