@@ -15,8 +15,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use half::{bf16, f16};
-
 use deepspeed_rs::accelerator::cuda::CudaStream;
 use deepspeed_rs::accelerator::{self, Accelerator, Buffer, MemoryKind, Stream};
 use deepspeed_rs::dtype::DType;
@@ -24,6 +22,12 @@ use deepspeed_rs::ops::optim::cuda::CudaTensors;
 use deepspeed_rs::ops::optim::lamb::{LambParams, lamb_step_reference};
 use deepspeed_rs::ops::optim::{AdamParams, GradsRef, LionParams, ParamsMut, Ran, reference};
 use deepspeed_rs::ops::{self, BuildOptions, builders, nvrtc};
+
+// HostVec, Rng, PAIRS and the fp32 byte conversions, shared with the host-emulation tests in
+// src/ops/optim/cuda.rs; the file takes DType, GradsRef and ParamsMut from here.
+#[path = "support/optim_host.rs"]
+mod optim_host;
+use optim_host::{HostVec, PAIRS, Rng, f32_bytes, f32_from_bytes};
 
 /// The step functions with the tests' safety argument made once: every test passes
 /// addresses of live device buffers of the stream's device, with `len` elements each, and
@@ -227,121 +231,6 @@ fn cuda_stream(s: &Arc<dyn Stream>) -> &CudaStream {
         .expect("the cuda accelerator's streams are CudaStreams")
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    /// Uniform in [-1, 1).
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-/// Host values of one array in its dtype.
-#[derive(Debug, Clone, PartialEq)]
-enum HostVec {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
-}
-
-impl HostVec {
-    fn random(dtype: DType, n: usize, rng: &mut Rng, scale: f32) -> HostVec {
-        let v = (0..n).map(|_| rng.next() * scale);
-        match dtype {
-            DType::F32 => HostVec::F32(v.collect()),
-            DType::F16 => HostVec::F16(v.map(f16::from_f32).collect()),
-            DType::BF16 => HostVec::BF16(v.map(bf16::from_f32).collect()),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn dtype(&self) -> DType {
-        match self {
-            HostVec::F32(_) => DType::F32,
-            HostVec::F16(_) => DType::F16,
-            HostVec::BF16(_) => DType::BF16,
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        match self {
-            HostVec::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            HostVec::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-            HostVec::BF16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-        }
-    }
-
-    fn from_bytes(dtype: DType, b: &[u8]) -> HostVec {
-        match dtype {
-            DType::F32 => HostVec::F32(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::F16 => HostVec::F16(
-                b.chunks_exact(2)
-                    .map(|c| f16::from_bits(u16::from_le_bytes(c.try_into().unwrap())))
-                    .collect(),
-            ),
-            DType::BF16 => HostVec::BF16(
-                b.chunks_exact(2)
-                    .map(|c| bf16::from_bits(u16::from_le_bytes(c.try_into().unwrap())))
-                    .collect(),
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn params_mut(&mut self) -> ParamsMut<'_> {
-        match self {
-            HostVec::F32(v) => ParamsMut::F32(v),
-            HostVec::F16(v) => ParamsMut::F16(v),
-            HostVec::BF16(v) => ParamsMut::BF16(v),
-        }
-    }
-
-    fn grads(&self) -> GradsRef<'_> {
-        match self {
-            HostVec::F32(v) => GradsRef::F32(v),
-            HostVec::F16(v) => GradsRef::F16(v),
-            HostVec::BF16(v) => GradsRef::BF16(v),
-        }
-    }
-
-    /// (bits, value) of element i.
-    fn at(&self, i: usize) -> (u32, f64) {
-        match self {
-            HostVec::F32(v) => (v[i].to_bits(), f64::from(v[i])),
-            HostVec::F16(v) => (u32::from(v[i].to_bits()), f64::from(v[i].to_f32())),
-            HostVec::BF16(v) => (u32::from(v[i].to_bits()), f64::from(v[i].to_f32())),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            HostVec::F32(v) => v.len(),
-            HostVec::F16(v) => v.len(),
-            HostVec::BF16(v) => v.len(),
-        }
-    }
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// One tensor on the device and its host mirror (what the reference updates).
 struct DevTensor {
     len: usize,
@@ -492,16 +381,6 @@ fn assert_params_bits(what: &str, got: &HostVec, want: &HostVec) {
         );
     }
 }
-
-const PAIRS: [(DType, DType); 7] = [
-    (DType::F32, DType::F32),
-    (DType::F32, DType::F16),
-    (DType::F32, DType::BF16),
-    (DType::F16, DType::F16),
-    (DType::F16, DType::F32),
-    (DType::BF16, DType::BF16),
-    (DType::BF16, DType::F32),
-];
 
 /// Every dtype pair at lengths 1, 7, 1023 and 1_000_003 (aligned) and 4099 (misaligned),
 /// interleaved so one step mixes groups.

@@ -42,6 +42,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -870,8 +871,43 @@ inline int32_t thread_count(int32_t requested, uint64_t items) {
 #endif
 }
 
-inline Group group_from_outputs(const Job& j, uint64_t g) {
-    return make_group(j, j.scales[g], j.sym ? 0.0f : j.offsets[g]);
+// body(a, b) for the tiles [a, b) of `size` items that cover [0, n) (the last one may be
+// shorter), in parallel when more than one thread is asked for (0: OpenMP's default) and
+// there is more than one tile; otherwise body(0, n), once.
+template <typename Body>
+void for_tiles(uint64_t n, uint64_t size, int32_t requested_threads, const Body& body) {
+    const uint64_t tiles = (n + size - 1) / size;
+    const int32_t threads = thread_count(requested_threads, tiles);
+#if defined(_OPENMP)
+    if (threads > 1) {
+        const int64_t nt = (int64_t)tiles;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t t = 0; t < nt; ++t) {
+            const uint64_t a = (uint64_t)t * size;
+            body(a, n - a > size ? a + size : n);
+        }
+        return;
+    }
+#endif
+    (void)threads;
+    body(0, n);
+}
+
+// The end of the group that starts at element s.
+inline uint64_t group_end(const Job& j, uint64_t s) {
+    return j.n - s > j.gs ? s + j.gs : j.n;
+}
+
+// Writes the scale (and, asymmetric, the offset) of group g from its stats; returns what
+// its elements need.
+inline Group store_group(const Job& j, uint64_t g, const Stats& st) {
+    float scale, offset;
+    finish_group(j, st, &scale, &offset);
+    j.scales[g] = scale;
+    if (!j.sym) {
+        j.offsets[g] = offset;
+    }
+    return make_group(j, scale, offset);
 }
 
 // Tile t of the fused path: K whole groups, stats then quantize each.
@@ -879,26 +915,29 @@ template <int DT>
 void fused_tile(const Job& j, uint64_t g0, uint64_t g1) {
     for (uint64_t g = g0; g < g1; ++g) {
         const uint64_t s = g * j.gs;
-        const uint64_t e = j.n - s > j.gs ? s + j.gs : j.n;
-        float scale, offset;
-        finish_group(j, seg_stats<DT>(j, s, e), &scale, &offset);
-        j.scales[g] = scale;
-        if (!j.sym) {
-            j.offsets[g] = offset;
-        }
-        seg_quantize<DT>(j, make_group(j, scale, offset), s, e);
+        const uint64_t e = group_end(j, s);
+        seg_quantize<DT>(j, store_group(j, g, seg_stats<DT>(j, s, e)), s, e);
     }
 }
 
-// Quantizes the flat range [a, b) (a even) of groups whose scales are written.
-template <int DT>
-void flat_quantize(const Job& j, uint64_t a, uint64_t b) {
+// Quantizes (QUANTIZE: with the scales and offsets written to j.scales and j.offsets) or
+// dequantizes (with j.scales_in and j.offsets_in) the flat range [a, b) (a even), one
+// segment per group.
+template <int DT, bool QUANTIZE>
+void flat_range(const Job& j, uint64_t a, uint64_t b) {
+    const float* scales = QUANTIZE ? j.scales : j.scales_in;
+    const float* offsets = QUANTIZE ? j.offsets : j.offsets_in;
     uint64_t i = a;
     while (i < b) {
         const uint64_t g = i / j.gs;
         const uint64_t ge = (g + 1) * j.gs;
         const uint64_t e = ge < b ? ge : b;
-        seg_quantize<DT>(j, group_from_outputs(j, g), i, e);
+        const Group grp = make_group(j, scales[g], j.sym ? 0.0f : offsets[g]);
+        if constexpr (QUANTIZE) {
+            seg_quantize<DT>(j, grp, i, e);
+        } else {
+            seg_dequantize<DT>(j, grp, i, e);
+        }
         i = e;
     }
 }
@@ -912,27 +951,14 @@ void run_quantize(const Job& j, int32_t requested_threads) {
             k = 2;
         }
         k += k & 1;
-        const uint64_t tiles = (groups + k - 1) / k;
-        const int32_t threads = thread_count(requested_threads, tiles);
-#if defined(_OPENMP)
-        if (threads > 1) {
-            const int64_t nt = (int64_t)tiles;
-#pragma omp parallel for schedule(static) num_threads(threads)
-            for (int64_t t = 0; t < nt; ++t) {
-                const uint64_t g0 = (uint64_t)t * k;
-                fused_tile<DT>(j, g0, groups - g0 > k ? g0 + k : groups);
-            }
-            return;
-        }
-#endif
-        (void)threads;
-        fused_tile<DT>(j, 0, groups);
+        for_tiles(groups, k, requested_threads,
+                  [&](uint64_t g0, uint64_t g1) { fused_tile<DT>(j, g0, g1); });
         return;
     }
     // Phase 1: the stats of every group, its chunks in parallel.
     for (uint64_t g = 0; g < groups; ++g) {
         const uint64_t s = g * j.gs;
-        const uint64_t e = j.n - s > j.gs ? s + j.gs : j.n;
+        const uint64_t e = group_end(j, s);
         const uint64_t chunks = (e - s + kChunk - 1) / kChunk;
         Stats st = stats_empty();
         const int32_t threads = thread_count(requested_threads, chunks);
@@ -960,61 +986,33 @@ void run_quantize(const Job& j, int32_t requested_threads) {
             (void)threads;
             st = seg_stats<DT>(j, s, e);
         }
-        float scale, offset;
-        finish_group(j, st, &scale, &offset);
-        j.scales[g] = scale;
-        if (!j.sym) {
-            j.offsets[g] = offset;
-        }
+        store_group(j, g, st);
     }
     // Phase 2: quantize over tiles of the flat tensor (even starts).
-    const uint64_t tiles = (j.n + kChunk - 1) / kChunk;
-    const int32_t threads = thread_count(requested_threads, tiles);
-#if defined(_OPENMP)
-    if (threads > 1) {
-        const int64_t nt = (int64_t)tiles;
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (int64_t t = 0; t < nt; ++t) {
-            const uint64_t a = (uint64_t)t * kChunk;
-            flat_quantize<DT>(j, a, j.n - a > kChunk ? a + kChunk : j.n);
-        }
-        return;
-    }
-#endif
-    (void)threads;
-    flat_quantize<DT>(j, 0, j.n);
-}
-
-template <int DT>
-void flat_dequantize(const Job& j, uint64_t a, uint64_t b) {
-    uint64_t i = a;
-    while (i < b) {
-        const uint64_t g = i / j.gs;
-        const uint64_t ge = (g + 1) * j.gs;
-        const uint64_t e = ge < b ? ge : b;
-        const Group grp = make_group(j, j.scales_in[g], j.sym ? 0.0f : j.offsets_in[g]);
-        seg_dequantize<DT>(j, grp, i, e);
-        i = e;
-    }
+    for_tiles(j.n, kChunk, requested_threads,
+              [&](uint64_t a, uint64_t b) { flat_range<DT, true>(j, a, b); });
 }
 
 template <int DT>
 void run_dequantize(const Job& j, int32_t requested_threads) {
-    const uint64_t tiles = (j.n + kChunk - 1) / kChunk;
-    const int32_t threads = thread_count(requested_threads, tiles);
-#if defined(_OPENMP)
-    if (threads > 1) {
-        const int64_t nt = (int64_t)tiles;
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (int64_t t = 0; t < nt; ++t) {
-            const uint64_t a = (uint64_t)t * kChunk;
-            flat_dequantize<DT>(j, a, j.n - a > kChunk ? a + kChunk : j.n);
-        }
-        return;
+    for_tiles(j.n, kChunk, requested_threads,
+              [&](uint64_t a, uint64_t b) { flat_range<DT, false>(j, a, b); });
+}
+
+// f(std::integral_constant<int, DT>()) for the dtype dt (one that dtype_ok accepts).
+template <typename F>
+void with_dtype(int32_t dt, const F& f) {
+    switch (dt) {
+    case DSRS_QUANTIZER_F32:
+        f(std::integral_constant<int, DSRS_QUANTIZER_F32>());
+        break;
+    case DSRS_QUANTIZER_F16:
+        f(std::integral_constant<int, DSRS_QUANTIZER_F16>());
+        break;
+    default:
+        f(std::integral_constant<int, DSRS_QUANTIZER_BF16>());
+        break;
     }
-#endif
-    (void)threads;
-    flat_dequantize<DT>(j, 0, j.n);
 }
 
 bool config_ok(const dsrs_quantizer_config* cfg) {
@@ -1028,6 +1026,26 @@ bool dtype_ok(int32_t dt) {
     return dt == DSRS_QUANTIZER_F32 || dt == DSRS_QUANTIZER_F16 || dt == DSRS_QUANTIZER_BF16;
 }
 
+// What both entry points check, in this order: no config (DSRS_OP_ERR_NULL), a bad config
+// or dtype (DSRS_OP_ERR_CONFIG), then, when n > 0, a missing array (DSRS_OP_ERR_NULL): `a`,
+// `b` and `c` are the arrays every call needs, `offsets` the one an asymmetric config needs.
+// DSRS_OP_OK: go on.
+int32_t check_call(const dsrs_quantizer_config* cfg, int32_t dt, uint64_t n, const void* a,
+                   const void* b, const void* c, const void* offsets) {
+    if (cfg == nullptr) {
+        return DSRS_OP_ERR_NULL;
+    }
+    if (!config_ok(cfg) || !dtype_ok(dt)) {
+        return DSRS_OP_ERR_CONFIG;
+    }
+    if (n > 0 && (a == nullptr || b == nullptr || c == nullptr ||
+                  (cfg->symmetric == 0 && offsets == nullptr))) {
+        return DSRS_OP_ERR_NULL;
+    }
+    return DSRS_OP_OK;
+}
+
+// The job of a checked call.
 Job job_of(const dsrs_quantizer_config* cfg, int32_t dt, uint64_t n) {
     Job j;
     std::memset(&j, 0, sizeof j);
@@ -1047,35 +1065,17 @@ Job job_of(const dsrs_quantizer_config* cfg, int32_t dt, uint64_t n) {
 DSRS_OP_EXPORT int32_t dsrs_quantizer_quantize(const dsrs_quantizer_config* cfg, int32_t in_dtype,
                                                const void* input, uint64_t n, uint8_t* q,
                                                float* scales, float* offsets) {
-    if (cfg == nullptr) {
-        return DSRS_OP_ERR_NULL;
-    }
-    if (!config_ok(cfg) || !dtype_ok(in_dtype)) {
-        return DSRS_OP_ERR_CONFIG;
-    }
-    if (n > 0 && (input == nullptr || q == nullptr || scales == nullptr ||
-                  (cfg->symmetric == 0 && offsets == nullptr))) {
-        return DSRS_OP_ERR_NULL;
-    }
-    if (n == 0) {
-        return DSRS_OP_OK;
+    const int32_t status = check_call(cfg, in_dtype, n, input, q, scales, offsets);
+    if (status != DSRS_OP_OK || n == 0) {
+        return status;
     }
     Job j = job_of(cfg, in_dtype, n);
     j.in = input;
     j.q = q;
     j.scales = scales;
     j.offsets = offsets;
-    switch (in_dtype) {
-    case DSRS_QUANTIZER_F32:
-        run_quantize<DSRS_QUANTIZER_F32>(j, cfg->num_threads);
-        break;
-    case DSRS_QUANTIZER_F16:
-        run_quantize<DSRS_QUANTIZER_F16>(j, cfg->num_threads);
-        break;
-    default:
-        run_quantize<DSRS_QUANTIZER_BF16>(j, cfg->num_threads);
-        break;
-    }
+    with_dtype(in_dtype,
+               [&](auto dt) { run_quantize<decltype(dt)::value>(j, cfg->num_threads); });
     return DSRS_OP_OK;
 }
 
@@ -1083,35 +1083,17 @@ DSRS_OP_EXPORT int32_t dsrs_quantizer_dequantize(const dsrs_quantizer_config* cf
                                                  const uint8_t* q, const float* scales,
                                                  const float* offsets, uint64_t n,
                                                  int32_t out_dtype, void* output) {
-    if (cfg == nullptr) {
-        return DSRS_OP_ERR_NULL;
-    }
-    if (!config_ok(cfg) || !dtype_ok(out_dtype)) {
-        return DSRS_OP_ERR_CONFIG;
-    }
-    if (n > 0 && (q == nullptr || scales == nullptr || output == nullptr ||
-                  (cfg->symmetric == 0 && offsets == nullptr))) {
-        return DSRS_OP_ERR_NULL;
-    }
-    if (n == 0) {
-        return DSRS_OP_OK;
+    const int32_t status = check_call(cfg, out_dtype, n, q, scales, output, offsets);
+    if (status != DSRS_OP_OK || n == 0) {
+        return status;
     }
     Job j = job_of(cfg, out_dtype, n);
     j.qin = q;
     j.scales_in = scales;
     j.offsets_in = offsets;
     j.out = output;
-    switch (out_dtype) {
-    case DSRS_QUANTIZER_F32:
-        run_dequantize<DSRS_QUANTIZER_F32>(j, cfg->num_threads);
-        break;
-    case DSRS_QUANTIZER_F16:
-        run_dequantize<DSRS_QUANTIZER_F16>(j, cfg->num_threads);
-        break;
-    default:
-        run_dequantize<DSRS_QUANTIZER_BF16>(j, cfg->num_threads);
-        break;
-    }
+    with_dtype(out_dtype,
+               [&](auto dt) { run_dequantize<decltype(dt)::value>(j, cfg->num_threads); });
     return DSRS_OP_OK;
 }
 

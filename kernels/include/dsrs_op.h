@@ -13,8 +13,8 @@
  * else in an op source may have external linkage (use static / anonymous namespaces),
  * so that several ops can be linked into one library.
  *
- * CUDA sources (kernels/cuda/) do NOT include this header: NVRTC compiles them with no
- * include path at all.
+ * CUDA sources (kernels/cuda/) do NOT include this header: NVRTC compiles them with only
+ * their op's own headers (e.g. dsrs_mt_apply.cuh) on the include path.
  */
 #ifndef DSRS_OP_H
 #define DSRS_OP_H

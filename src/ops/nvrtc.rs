@@ -8,7 +8,9 @@
 //! `/usr/local/cuda/lib64` are searched too. A missing NVRTC is an error that says so, never
 //! a panic.
 //!
-//! Kernels compile with no include path: built-in `.cu` files include nothing (they carry
+//! Kernels compile with one include path, the work directory's `include/`, where the op's
+//! `spec.headers` are written (e.g. `dsrs_mt_apply.cuh`, shared by the `fused_*` optimizer
+//! ops). Built-in kernels and their headers include no CUDA or system header (they carry
 //! their own fp16/bf16 conversions), so only `libnvrtc` is needed.
 
 use std::collections::HashMap;

@@ -8,7 +8,15 @@
 
 use std::borrow::Cow;
 
-use super::super::spec::{OpKind, OpSpec, s, src};
+use super::super::spec::{OpKind, OpSpec, SourceFile, s, src};
+
+/// The header every multi-tensor CUDA optimizer op (`fused_adam`, `fused_lamb`,
+/// `fused_lion`) compiles with: the argument block, fp16/bf16 conversions and chunk loop
+/// they share.
+pub const MT_APPLY_HEADERS: &[SourceFile] = &[src(
+    "include/dsrs_mt_apply.cuh",
+    include_str!("../../../kernels/include/dsrs_mt_apply.cuh"),
+)];
 
 /// The op's description.
 pub const SPEC: OpSpec = OpSpec {
@@ -19,7 +27,7 @@ pub const SPEC: OpSpec = OpSpec {
         "cuda/fused_adam.cu",
         include_str!("../../../kernels/cuda/fused_adam.cu"),
     )]),
-    headers: Cow::Borrowed(&[]),
+    headers: Cow::Borrowed(MT_APPLY_HEADERS),
     include_dirs: Cow::Borrowed(&[]),
     defines: Cow::Borrowed(&[]),
     flags: Cow::Borrowed(&[]),

@@ -19,7 +19,7 @@ pub const SPEC: OpSpec = OpSpec {
         "cuda/fused_lion.cu",
         include_str!("../../../kernels/cuda/fused_lion.cu"),
     )]),
-    headers: Cow::Borrowed(&[]),
+    headers: Cow::Borrowed(super::fused_adam::MT_APPLY_HEADERS),
     include_dirs: Cow::Borrowed(&[]),
     defines: Cow::Borrowed(&[]),
     flags: Cow::Borrowed(&[]),

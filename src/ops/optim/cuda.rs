@@ -627,29 +627,77 @@ fn pair_kernels(dev: &impl Device, prefix: &str, work: &Work) -> Result<Vec<Kern
         .collect()
 }
 
-/// Enqueues the launches of an Adam or Lion step: (mt_args, hyper) per launch.
-fn run_simple<H>(
-    dev: &impl Device,
-    prefix: &str,
-    tensors: &[CudaTensors],
-    work: &Work,
-    hyper: &mut H,
-) -> Result<()> {
-    let kernels = pair_kernels(dev, prefix, work)?;
-    if !work.groups.is_empty() {
-        dev.bind()?;
+/// An Adam-like step (Adam, Lion): one kernel per dtype pair, taking (dsrs_mt_args, hyper).
+struct SimpleOp {
+    /// The step's name in errors.
+    what: &'static str,
+    /// The op; its kernels are `dsrs_<op>_<params>_<grads>`.
+    op: &'static str,
+    /// Whether the kernels use `exp_avg_sq`.
+    second_moment: bool,
+}
+
+const ADAM: SimpleOp = SimpleOp {
+    what: "adam",
+    op: "fused_adam",
+    second_moment: true,
+};
+
+const LION: SimpleOp = SimpleOp {
+    what: "lion",
+    op: "fused_lion",
+    second_moment: false,
+};
+
+impl SimpleOp {
+    /// Checks the tensors and plans the launches.
+    fn work(&self, tensors: &[CudaTensors], limits: &PlanLimits) -> Result<Work> {
+        Work::new(self.what, tensors, self.second_moment, limits)
     }
-    for (k, launches) in kernels.iter().zip(&work.plans) {
-        for l in launches {
-            let mut args = mt_args(tensors, l, work.chunk_size, None);
-            let mut params = [as_param(&mut args), as_param(hyper)];
-            // SAFETY: (dsrs_mt_args, hyper) is the kernel's signature (H is AdamHyper for
-            // the Adam kernels and LionHyper for the Lion kernels); the addresses were
-            // validated and are the caller's contract.
-            unsafe { dev.launch(k, l.blocks.len(), &mut params)? };
+
+    /// Enqueues the launches: (mt_args, hyper) per launch.
+    fn run<H>(
+        &self,
+        dev: &impl Device,
+        tensors: &[CudaTensors],
+        work: &Work,
+        hyper: &mut H,
+    ) -> Result<()> {
+        let kernels = pair_kernels(dev, &format!("dsrs_{}", self.op), work)?;
+        if !work.groups.is_empty() {
+            dev.bind()?;
         }
+        for (k, launches) in kernels.iter().zip(&work.plans) {
+            for l in launches {
+                let mut args = mt_args(tensors, l, work.chunk_size, None);
+                let mut params = [as_param(&mut args), as_param(hyper)];
+                // SAFETY: (dsrs_mt_args, hyper) is the kernel's signature (H is AdamHyper
+                // for the Adam kernels and LionHyper for the Lion kernels); the addresses
+                // were validated and are the caller's contract.
+                unsafe { dev.launch(k, l.blocks.len(), &mut params)? };
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The step once its hyper-parameters are validated: checks the tensors, loads the op
+    /// with `build` and enqueues the launches on `stream`.
+    ///
+    /// # Safety
+    /// As for [`adam_step`]: every address in `tensors` is device memory the kernels may
+    /// read and write until the enqueued work completes.
+    unsafe fn step<H>(
+        &self,
+        stream: &CudaStream,
+        tensors: &[CudaTensors],
+        build: &BuildOptions,
+        mut hyper: H,
+    ) -> Result<Ran> {
+        let work = self.work(tensors, &LIMITS)?;
+        let op = load_op(self.op, build)?;
+        self.run(&Cuda { stream, op: &op }, tensors, &work, &mut hyper)?;
+        Ok(Ran::Kernel(op.target().to_string()))
+    }
 }
 
 /// One Adam/AdamW step (DeepSpeed's `FusedAdam`) over `tensors`, enqueued on `stream`.
@@ -669,17 +717,8 @@ pub unsafe fn adam_step(
     build: &BuildOptions,
 ) -> Result<Ran> {
     p.validate()?;
-    let work = Work::new("adam", tensors, true, &LIMITS)?;
-    let op = load_op("fused_adam", build)?;
-    let dev = Cuda { stream, op: &op };
-    run_simple(
-        &dev,
-        "dsrs_fused_adam",
-        tensors,
-        &work,
-        &mut AdamHyper::new(p),
-    )?;
-    Ok(Ran::Kernel(op.target().to_string()))
+    // SAFETY: the caller's contract, passed on.
+    unsafe { ADAM.step(stream, tensors, build, AdamHyper::new(p)) }
 }
 
 /// One Lion step (DeepSpeed's `cpu_lion` semantics) over `tensors`, enqueued on `stream`.
@@ -698,17 +737,8 @@ pub unsafe fn lion_step(
     build: &BuildOptions,
 ) -> Result<Ran> {
     p.validate()?;
-    let work = Work::new("lion", tensors, false, &LIMITS)?;
-    let op = load_op("fused_lion", build)?;
-    let dev = Cuda { stream, op: &op };
-    run_simple(
-        &dev,
-        "dsrs_fused_lion",
-        tensors,
-        &work,
-        &mut LionHyper::new(p),
-    )?;
-    Ok(Ran::Kernel(op.target().to_string()))
+    // SAFETY: the caller's contract, passed on.
+    unsafe { LION.step(stream, tensors, build, LionHyper::new(p)) }
 }
 
 /// One LAMB step (DeepSpeed's `FusedLamb`, see [`super::lamb`]) over `tensors`, with one
@@ -906,6 +936,14 @@ fn run_lamb(
         result
     }
 }
+
+// The tests' host values (HostVec, Rng, PAIRS, fp32 bytes), shared with
+// tests/cuda_optim.rs; the file takes DType, GradsRef and ParamsMut from this module.
+#[cfg(test)]
+#[path = "../../../tests/support/optim_host.rs"]
+mod optim_host;
+#[cfg(test)]
+use super::{GradsRef, ParamsMut};
 
 #[cfg(test)]
 mod tests {
@@ -1260,31 +1298,27 @@ mod tests {
     }
 
     /// The `#define`s and struct sizes of the kernel sources agree with this file, and the
-    /// common multi-tensor section is the same text in the three sources.
+    /// three sources include the common multi-tensor header, which their specs carry.
     #[test]
     fn kernel_sources_agree_with_the_host_layouts() {
-        let srcs = [
+        let specs = [
             &builders::fused_adam::SPEC,
             &builders::fused_lamb::SPEC,
             &builders::fused_lion::SPEC,
-        ]
-        .map(|s| s.sources[0].text.to_string());
-        let common = |s: &str| -> String {
-            let b = s.find("// ---- multi-tensor common: begin").unwrap();
-            let e = s.find("// ---- multi-tensor common: end").unwrap();
-            s[b..e].to_string()
-        };
-        assert_eq!(
-            common(&srcs[0]),
-            common(&srcs[1]),
-            "fused_lamb.cu's common section"
-        );
-        assert_eq!(
-            common(&srcs[0]),
-            common(&srcs[2]),
-            "fused_lion.cu's common section"
-        );
-        let c = common(&srcs[0]);
+        ];
+        let common = builders::fused_adam::MT_APPLY_HEADERS;
+        for spec in specs {
+            assert!(
+                spec.sources[0]
+                    .text
+                    .contains("\n#include \"dsrs_mt_apply.cuh\"\n"),
+                "{} does not include dsrs_mt_apply.cuh",
+                spec.name
+            );
+            assert_eq!(&*spec.headers, common, "{}'s headers", spec.name);
+        }
+        let srcs = specs.map(|s| s.sources[0].text.to_string());
+        let c = &common[0].text;
         for (name, value) in [
             ("DSRS_MT_THREADS", THREADS as usize),
             ("DSRS_MT_MAX_TENSORS", MAX_TENSORS),
@@ -1321,15 +1355,7 @@ mod tests {
                 spec.name
             )
         };
-        let pairs = [
-            (DType::F32, DType::F32),
-            (DType::F32, DType::F16),
-            (DType::F32, DType::BF16),
-            (DType::F16, DType::F16),
-            (DType::F16, DType::F32),
-            (DType::BF16, DType::BF16),
-            (DType::BF16, DType::F32),
-        ];
+        let pairs = super::optim_host::PAIRS;
         for (p, g) in pairs {
             check_dtypes("pair", p, g, None).unwrap();
             let (p, g) = (dtype_tag(p), dtype_tag(g));
@@ -1375,13 +1401,14 @@ mod emulation {
     use std::process::Command;
     use std::sync::{Mutex as StdMutex, OnceLock};
 
-    use half::{bf16, f16};
+    use half::bf16;
 
+    use super::optim_host::{HostVec, PAIRS, Rng, f32_bytes, f32_from_bytes as f32s};
     use super::*;
     use crate::ops::OpSpec;
     use crate::ops::builders;
     use crate::ops::optim::lamb::lamb_step_reference;
-    use crate::ops::optim::{GradsRef, ParamsMut, reference};
+    use crate::ops::optim::reference;
 
     const SHIM: &str = r#"
 #include <cmath>
@@ -1565,6 +1592,8 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
             std::env::temp_dir().join(format!("dsrs-emu-{}-{}", spec.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // The op's headers under dir/include, as NVRTC sees them.
+        crate::ops::jit::write_sources(spec, &dir).unwrap();
         let mut text = String::from(SHIM);
         text.push_str(&spec.sources[0].text);
         text.push_str(HARNESS);
@@ -1584,8 +1613,9 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
                 "-fPIC",
                 "-shared",
                 "-pthread",
-                "-o",
             ])
+            .arg(format!("-I{}", dir.join("include").display()))
+            .arg("-o")
             .arg(&lib)
             .arg(&src)
             .output();
@@ -1662,87 +1692,6 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         }
     }
 
-    #[derive(Debug, Clone, PartialEq)]
-    enum HostVec {
-        F32(Vec<f32>),
-        F16(Vec<f16>),
-        BF16(Vec<bf16>),
-    }
-
-    impl HostVec {
-        fn random(dtype: DType, n: usize, seed: &mut u64, scale: f32) -> HostVec {
-            let mut next = || {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 7;
-                *seed ^= *seed << 17;
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            };
-            let v: Vec<f32> = (0..n).map(|_| next()).collect();
-            match dtype {
-                DType::F32 => HostVec::F32(v),
-                DType::F16 => HostVec::F16(v.into_iter().map(f16::from_f32).collect()),
-                _ => HostVec::BF16(v.into_iter().map(bf16::from_f32).collect()),
-            }
-        }
-        fn dtype(&self) -> DType {
-            match self {
-                HostVec::F32(_) => DType::F32,
-                HostVec::F16(_) => DType::F16,
-                HostVec::BF16(_) => DType::BF16,
-            }
-        }
-        fn bytes(&self) -> Vec<u8> {
-            match self {
-                HostVec::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                HostVec::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-                HostVec::BF16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
-            }
-        }
-        fn from_bytes(dtype: DType, b: &[u8]) -> HostVec {
-            match dtype {
-                DType::F32 => HostVec::F32(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                ),
-                DType::F16 => HostVec::F16(
-                    b.chunks_exact(2)
-                        .map(|c| f16::from_bits(u16::from_le_bytes(c.try_into().unwrap())))
-                        .collect(),
-                ),
-                _ => HostVec::BF16(
-                    b.chunks_exact(2)
-                        .map(|c| bf16::from_bits(u16::from_le_bytes(c.try_into().unwrap())))
-                        .collect(),
-                ),
-            }
-        }
-        fn params_mut(&mut self) -> ParamsMut<'_> {
-            match self {
-                HostVec::F32(v) => ParamsMut::F32(v),
-                HostVec::F16(v) => ParamsMut::F16(v),
-                HostVec::BF16(v) => ParamsMut::BF16(v),
-            }
-        }
-        fn grads(&self) -> GradsRef<'_> {
-            match self {
-                HostVec::F32(v) => GradsRef::F32(v),
-                HostVec::F16(v) => GradsRef::F16(v),
-                HostVec::BF16(v) => GradsRef::BF16(v),
-            }
-        }
-    }
-
-    fn f32s(b: &[u8]) -> Vec<f32> {
-        b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    }
-
-    fn f32_bytes(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-
     /// One tensor in host "device memory" and its mirror for the reference.
     struct T {
         len: usize,
@@ -1758,10 +1707,10 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
     }
 
     impl T {
-        fn new(pd: DType, gd: DType, len: usize, misaligned: bool, seed: &mut u64) -> T {
+        fn new(pd: DType, gd: DType, len: usize, misaligned: bool, rng: &mut Rng) -> T {
             let off = usize::from(misaligned);
-            let hp = HostVec::random(pd, len, seed, 1.0);
-            let hg = HostVec::random(gd, len, seed, 1.0);
+            let hp = HostVec::random(pd, len, rng, 1.0);
+            let hg = HostVec::random(gd, len, rng, 1.0);
             let mut t = T {
                 len,
                 off,
@@ -1780,8 +1729,8 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
             t.v.write(off * 4, &f32_bytes(&t.hv));
             t
         }
-        fn new_grads(&mut self, seed: &mut u64, scale: f32) {
-            self.hg = HostVec::random(self.hg.dtype(), self.len, seed, scale);
+        fn new_grads(&mut self, rng: &mut Rng, scale: f32) {
+            self.hg = HostVec::random(self.hg.dtype(), self.len, rng, scale);
             let gs = self.hg.dtype().size();
             let bytes = self.hg.bytes();
             self.g.write(self.off * gs, &bytes);
@@ -1825,26 +1774,16 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         }
     }
 
-    const PAIRS: [(DType, DType); 7] = [
-        (DType::F32, DType::F32),
-        (DType::F32, DType::F16),
-        (DType::F32, DType::BF16),
-        (DType::F16, DType::F16),
-        (DType::F16, DType::F32),
-        (DType::BF16, DType::BF16),
-        (DType::BF16, DType::F32),
-    ];
-
     /// Every dtype pair at the given lengths (aligned), plus one misaligned tensor each.
-    fn tensors(lens: &[usize], misaligned_len: usize, seed: &mut u64) -> Vec<T> {
+    fn tensors(lens: &[usize], misaligned_len: usize, rng: &mut Rng) -> Vec<T> {
         let mut out = Vec::new();
         for &len in lens {
             for (p, g) in PAIRS {
-                out.push(T::new(p, g, len, false, seed));
+                out.push(T::new(p, g, len, false, rng));
             }
         }
         for (p, g) in PAIRS {
-            out.push(T::new(p, g, misaligned_len, true, seed));
+            out.push(T::new(p, g, misaligned_len, true, rng));
         }
         out
     }
@@ -1861,13 +1800,13 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         let Some(dev) = emu(&builders::fused_adam::SPEC) else {
             return;
         };
-        let mut seed = 0x1234_5678u64;
+        let mut rng = Rng(0x1234_5678);
         for (limits, lens) in [
             (SMALL, &[1usize, 7, 1023, 5000][..]),
             (LIMITS, &[3, 70_001][..]),
         ] {
             for adamw_mode in [true, false] {
-                let mut ts = tensors(lens, 2051, &mut seed);
+                let mut ts = tensors(lens, 2051, &mut rng);
                 for step in 1..=3u64 {
                     let p = AdamParams {
                         lr: 1e-2,
@@ -1878,19 +1817,13 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
                         ..AdamParams::default()
                     };
                     for t in &mut ts {
-                        t.new_grads(&mut seed, p.grad_scale);
+                        t.new_grads(&mut rng, p.grad_scale);
                     }
                     let descs: Vec<CudaTensors> = ts.iter().map(|t| t.desc(true)).collect();
                     p.validate().unwrap();
-                    let work = Work::new("adam", &descs, true, &limits).unwrap();
-                    run_simple(
-                        dev,
-                        "dsrs_fused_adam",
-                        &descs,
-                        &work,
-                        &mut AdamHyper::new(&p),
-                    )
-                    .unwrap();
+                    let work = ADAM.work(&descs, &limits).unwrap();
+                    ADAM.run(dev, &descs, &work, &mut AdamHyper::new(&p))
+                        .unwrap();
                     for (k, t) in ts.iter_mut().enumerate() {
                         reference::adam_step(
                             &p,
@@ -1915,9 +1848,9 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         let Some(dev) = emu(&builders::fused_lion::SPEC) else {
             return;
         };
-        let mut seed = 0x9876_5432u64;
+        let mut rng = Rng(0x9876_5432);
         for weight_decay in [0.0f32, 0.1] {
-            let mut ts = tensors(&[1, 7, 1023, 5000], 2051, &mut seed);
+            let mut ts = tensors(&[1, 7, 1023, 5000], 2051, &mut rng);
             for step in 1..=3u64 {
                 let p = LionParams {
                     lr: 1e-3,
@@ -1926,18 +1859,12 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
                     ..LionParams::default()
                 };
                 for t in &mut ts {
-                    t.new_grads(&mut seed, p.grad_scale);
+                    t.new_grads(&mut rng, p.grad_scale);
                 }
                 let descs: Vec<CudaTensors> = ts.iter().map(|t| t.desc(false)).collect();
-                let work = Work::new("lion", &descs, false, &SMALL).unwrap();
-                run_simple(
-                    dev,
-                    "dsrs_fused_lion",
-                    &descs,
-                    &work,
-                    &mut LionHyper::new(&p),
-                )
-                .unwrap();
+                let work = LION.work(&descs, &SMALL).unwrap();
+                LION.run(dev, &descs, &work, &mut LionHyper::new(&p))
+                    .unwrap();
                 for (k, t) in ts.iter_mut().enumerate() {
                     reference::lion_step(&p, t.hp.params_mut(), t.hg.grads(), &mut t.hm, None)
                         .unwrap();
@@ -1957,13 +1884,13 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         let Some(dev) = emu(&builders::fused_lamb::SPEC) else {
             return;
         };
-        let mut seed = 0x5555_1111u64;
+        let mut rng = Rng(0x5555_1111);
         let mut differing = 0;
         for (k, eps_inside_sqrt) in [false, true].into_iter().enumerate() {
-            let mut ts = tensors(&[1, 7, 3001], 2051, &mut seed);
+            let mut ts = tensors(&[1, 7, 3001], 2051, &mut rng);
             // An empty tensor and an all-zero one (ratio 1) in the list too.
-            ts.insert(3, T::new(DType::F32, DType::F32, 0, false, &mut seed));
-            let mut zero = T::new(DType::BF16, DType::F32, 100, false, &mut seed);
+            ts.insert(3, T::new(DType::F32, DType::F32, 0, false, &mut rng));
+            let mut zero = T::new(DType::BF16, DType::F32, 100, false, &mut rng);
             zero.hp = HostVec::BF16(vec![bf16::ZERO; 100]);
             zero.p.write(0, &zero.hp.bytes());
             ts.push(zero);
@@ -1977,7 +1904,7 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
                     ..LambParams::default()
                 };
                 for t in &mut ts {
-                    t.new_grads(&mut seed, p.grad_scale);
+                    t.new_grads(&mut rng, p.grad_scale);
                 }
                 let descs: Vec<CudaTensors> = ts.iter().map(|t| t.desc(true)).collect();
                 let ratios = Mem::new(descs.len() * 4);
@@ -2035,27 +1962,21 @@ static void dsrs_emu_run(unsigned grid, bool threaded, const std::function<void(
         let Some(dev) = emu(&builders::fused_adam::SPEC) else {
             return;
         };
-        let mut seed = 77u64;
+        let mut rng = Rng(77);
         let mut ts = vec![
-            T::new(DType::F32, DType::F32, 3, false, &mut seed),
-            T::new(DType::BF16, DType::F32, 23 * 1024 - 5, false, &mut seed),
-            T::new(DType::BF16, DType::F32, 9, false, &mut seed),
+            T::new(DType::F32, DType::F32, 3, false, &mut rng),
+            T::new(DType::BF16, DType::F32, 23 * 1024 - 5, false, &mut rng),
+            T::new(DType::BF16, DType::F32, 9, false, &mut rng),
         ];
         let p = AdamParams::default();
         for t in &mut ts {
-            t.new_grads(&mut seed, 1.0);
+            t.new_grads(&mut rng, 1.0);
         }
         let descs: Vec<CudaTensors> = ts.iter().map(|t| t.desc(true)).collect();
-        let work = Work::new("adam", &descs, true, &SMALL).unwrap();
+        let work = ADAM.work(&descs, &SMALL).unwrap();
         assert_eq!(work.plans[1].len(), 4);
-        run_simple(
-            dev,
-            "dsrs_fused_adam",
-            &descs,
-            &work,
-            &mut AdamHyper::new(&p),
-        )
-        .unwrap();
+        ADAM.run(dev, &descs, &work, &mut AdamHyper::new(&p))
+            .unwrap();
         for (k, t) in ts.iter_mut().enumerate() {
             reference::adam_step(
                 &p,
