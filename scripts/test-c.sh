@@ -4,6 +4,8 @@
 #   accelerator_test, log_callback_test, misuse_test, ops_test (JIT-built ops, cpu_adam),
 #   optim_test, optim_test_avx2, optim_test_scalar (the optimizer steps through the C ABI,
 #   with the ops built at the machine's SIMD level, AVX2 and scalar),
+#   quantizer_test, quantizer_test_avx2, quantizer_test_scalar (dsrs_quantize and
+#   dsrs_dequantize against a C reference written from docs/quantizer.md),
 #   cpp_wrapper_test, static_link_test,
 #   plugin_test and plugin_cpp_test (accelerator plugins: the example plugin
 #   examples/plugin_hostmem and broken variants, built here with the same sanitizers),

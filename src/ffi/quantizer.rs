@@ -241,7 +241,8 @@ fn check_quantized(
         q,
         params.q_len(n),
         format_args!(
-            "{n} elements at {} bits{}",
+            "'{}' has {n} elements; at {} bits{}",
+            data.name,
             params.bits,
             if params.bits == 4 {
                 ", two per byte"
@@ -252,8 +253,8 @@ fn check_quantized(
     )?;
     let groups = params.num_groups(n);
     let why = format_args!(
-        "one per group: {n} elements in groups of {} make {groups}",
-        params.group_size
+        "one per group: the {n} elements of '{}' in groups of {} make {groups}",
+        data.name, params.group_size
     )
     .to_string();
     check_numel(scales, groups, &why)?;
@@ -285,16 +286,16 @@ fn check_quantized(
             )));
         }
     }
-    if data.place == Place::Host {
-        for a in &all {
-            if a.t.numel > 0 && a.t.ptr % a.t.dtype.size() != 0 {
-                return Err(invalid(format!(
-                    "argument '{}' (data + byte_offset = {:#x}) is not aligned to its element size ({} bytes)",
-                    a.name,
-                    a.t.ptr,
-                    a.t.dtype.size()
-                )));
-            }
+    // Host and device alike: a misaligned device pointer would fault in the kernel and
+    // poison the CUDA context.
+    for a in &all {
+        if a.t.numel > 0 && a.t.ptr % a.t.dtype.size() != 0 {
+            return Err(invalid(format!(
+                "argument '{}' (data + byte_offset = {:#x}) is not aligned to its element size ({} bytes)",
+                a.name,
+                a.t.ptr,
+                a.t.dtype.size()
+            )));
         }
     }
     for (i, a) in all.iter().enumerate() {

@@ -142,6 +142,13 @@ int main(void) {
         DSRS_STATUS_NULL_ARGUMENT, "dsrs_lion_step", "'config'");
   ABUSE("NULL config of dsrs_lamb_step", dsrs_lamb_step(NULL, NULL, 1, NULL),
         DSRS_STATUS_NULL_ARGUMENT, "dsrs_lamb_step", "'config'");
+  ABUSE("NULL config of dsrs_quantize_sizes",
+        dsrs_quantize_sizes(8, NULL, &(uint64_t){0}, &(uint64_t){0}), DSRS_STATUS_NULL_ARGUMENT,
+        "dsrs_quantize_sizes", "'config'");
+  ABUSE("NULL config of dsrs_quantize", dsrs_quantize(NULL, NULL, NULL, NULL, NULL, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_quantize", "'config'");
+  ABUSE("NULL config of dsrs_dequantize", dsrs_dequantize(NULL, NULL, NULL, NULL, NULL, NULL),
+        DSRS_STATUS_NULL_ARGUMENT, "dsrs_dequantize", "'config'");
 
   printf("-- stale, foreign and mistyped handles\n");
   dsrs_buffer *gone = NULL;

@@ -1125,16 +1125,16 @@ static void section_errors(void) {
   fx.s[0].tp.t.dtype = edl(T_F16);
   fx.s[0].tg.t.dtype = edl(T_BF16);
   ERROR_CASE("adam: bf16 grads with fp16 params", dsrs_adam_step(&adam, fx.e, 2, NULL),
-             DSRS_STATUS_UNSUPPORTED, A, "tensors[0]", "bfloat16 gradients with float16 parameters");
+             DSRS_STATUS_UNSUPPORTED, A, "tensors[0].grads is bfloat16 but tensors[0].params is float16");
   fx.s[1].tp.t.dtype = edl(T_BF16);
   fx.s[1].tg.t.dtype = edl(T_BF16);
   fx.e[1].param_copy = &fx.s[1].tc.t;
   ERROR_CASE("adam: param_copy with bf16 params", dsrs_adam_step(&adam, fx.e, 2, NULL),
-             DSRS_STATUS_UNSUPPORTED, A, "tensors[1]", "fp32 parameters");
+             DSRS_STATUS_UNSUPPORTED, A, "tensors[1].param_copy", "needs float32 parameters");
   fx.s[0].tc.t.dtype = edl(T_F32); /* its 34 bytes are never touched: the dtype is refused */
   fx.e[0].param_copy = &fx.s[0].tc.t;
   ERROR_CASE("adam: fp32 param_copy", dsrs_adam_step(&adam, fx.e, 1, NULL), DSRS_STATUS_UNSUPPORTED,
-             A, "tensors[0]", "parameter copy must be fp16 or bf16");
+             A, "tensors[0].param_copy is float32", "float16 or bfloat16");
   fx.e[0].param_copy = &fx.s[0].tc.t;
   ERROR_CASE("lamb: param_copy", dsrs_lamb_step(&lamb, fx.e, 2, NULL), DSRS_STATUS_UNSUPPORTED,
              "dsrs_lamb_step", "tensors[0].param_copy");

@@ -72,6 +72,7 @@ from .errors import (
 )
 from .ops import Op, cache_dir, define_op, list_ops, load_op
 from .optim import adagrad_step, adam_step, lamb_step, lion_step
+from .quantizer import dequantize, quantize, quantize_sizes
 
 __version__ = "0.1.0"
 
@@ -97,6 +98,7 @@ __all__ = [
     "clear_last_error",
     "debug_panic",
     "define_op",
+    "dequantize",
     "get_log_level",
     "lamb_step",
     "last_error",
@@ -106,6 +108,8 @@ __all__ = [
     "load_accelerator_plugin",
     "load_op",
     "log",
+    "quantize",
+    "quantize_sizes",
     "report",
     "set_log_callback",
     "set_log_level",

@@ -314,6 +314,16 @@ PROTOTYPES = {
     "dsrs_adagrad_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
     "dsrs_lion_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
     "dsrs_lamb_step": (_S, [c_void_p, c_void_p, c_size_t, _H]),
+    # quantizer (dsrs_quantize_config by pointer; see quantizer.py)
+    "dsrs_quantize_sizes": (_S, [c_uint64, c_void_p, POINTER(c_uint64), POINTER(c_uint64)]),
+    "dsrs_quantize": (
+        _S,
+        [c_void_p, POINTER(DLTensor), POINTER(DLTensor), POINTER(DLTensor), POINTER(DLTensor), _H],
+    ),
+    "dsrs_dequantize": (
+        _S,
+        [c_void_p, POINTER(DLTensor), POINTER(DLTensor), POINTER(DLTensor), POINTER(DLTensor), _H],
+    ),
     # ops (op builders and their JIT)
     "dsrs_op_define": (_S, [c_char_p]),
     "dsrs_op_load": (_S, [c_char_p, c_char_p, _PH]),
