@@ -17,3 +17,15 @@ ensure_commands() {
     command -v "$tool" >/dev/null 2>&1 || { echo "$(basename "$0"): installing $tool failed" >&2; exit 1; }
   done
 }
+
+# ensure_command_from COMMAND PACKAGE — like ensure_commands, for a command whose Debian
+# package has another name (aarch64-linux-gnu-g++ from g++-aarch64-linux-gnu).
+ensure_command_from() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "$(basename "$0"): $1 not installed; installing $2 with apt-get"
+  local sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$2" >/dev/null
+  command -v "$1" >/dev/null 2>&1 || { echo "$(basename "$0"): installing $2 did not provide $1" >&2; exit 1; }
+}

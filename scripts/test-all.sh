@@ -12,6 +12,9 @@
 #   3. The CMake package: install, then a separate project with find_package (shared and
 #      static), with the build tree removed
 #   4. Python binding: pip install ./bindings/python, pytest
+#   5. Every SIMD path of the CPU kernels gives the same bits: AVX-512, AVX2, scalar and NEON
+#      (cross-compiled, run under qemu-aarch64; g++-aarch64-linux-gnu and qemu-user through
+#      apt-get)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,5 +38,8 @@ scripts/test-cmake-package.sh target/debug
 
 step "Python binding (pytest)"
 scripts/test-python.sh target/debug
+
+step "CPU kernels: every SIMD path, NEON under qemu"
+scripts/test-cross.sh
 
 step "all tests passed"
