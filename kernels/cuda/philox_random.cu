@@ -4,10 +4,12 @@
 // Specification: docs/accelerators.md, section "Random numbers". Section references below
 // ("spec: ...") name the bullet of that section a piece of code implements.
 //
-// Compiled by NVRTC alone, with no include path: nothing is #included. The double-precision
-// arithmetic that the spec fixes is written with explicitly rounded intrinsics (__dmul_rn,
-// __dadd_rn, ...), so NVRTC's default --fmad=true cannot contract low + span*u or
-// mean + std*z into a fused multiply-add. Build without --use_fast_math / --ftz=true.
+// Compiled by NVRTC with the op's headers on the include path: the only #include is
+// dsrs_philox.cuh (kernels/include, listed in the op's spec: the generator itself), which
+// includes nothing. The double-precision arithmetic that the spec fixes is written with
+// explicitly rounded intrinsics (__dmul_rn, __dadd_rn, ...), so NVRTC's default
+// --fmad=true cannot contract low + span*u or mean + std*z into a fused multiply-add.
+// Build without --use_fast_math / --ftz=true.
 //
 // Kernels (one thread per Philox block, grid-stride; any 1-D launch shape works):
 //
@@ -38,52 +40,9 @@
 // from the host libm in rare cases, so a float64 normal value may differ in its last bit
 // and, far more rarely, a narrower one after rounding (as the spec says).
 
-typedef unsigned long long dsrs_u64;
-typedef unsigned int dsrs_u32;
+#include "dsrs_philox.cuh" // spec: the generator; "Key" and "Block"
+
 typedef unsigned short dsrs_u16;
-
-// ---- Philox4x32-10 (spec: the generator; "Key" and "Block") ---------------------------
-
-#define DSRS_PHILOX_M0 0xD2511F53u
-#define DSRS_PHILOX_M1 0xCD9E8D57u
-#define DSRS_PHILOX_W0 0x9E3779B9u
-#define DSRS_PHILOX_W1 0xBB67AE85u
-
-struct dsrs_words4 {
-    dsrs_u32 w[4];
-};
-
-// Block `block` (absolute: offset + index) under `seed`: counter [block lo, block hi, 0, 0],
-// key [seed lo, seed hi], ten rounds, the key bumped by (W0, W1) before rounds 2..10.
-static __device__ __forceinline__ dsrs_words4 dsrs_philox_block(dsrs_u64 seed, dsrs_u64 block) {
-    dsrs_u32 c0 = (dsrs_u32)block;
-    dsrs_u32 c1 = (dsrs_u32)(block >> 32);
-    dsrs_u32 c2 = 0u;
-    dsrs_u32 c3 = 0u;
-    dsrs_u32 k0 = (dsrs_u32)seed;
-    dsrs_u32 k1 = (dsrs_u32)(seed >> 32);
-#pragma unroll
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            k0 += DSRS_PHILOX_W0;
-            k1 += DSRS_PHILOX_W1;
-        }
-        const dsrs_u32 hi0 = __umulhi(DSRS_PHILOX_M0, c0);
-        const dsrs_u32 lo0 = DSRS_PHILOX_M0 * c0;
-        const dsrs_u32 hi1 = __umulhi(DSRS_PHILOX_M1, c2);
-        const dsrs_u32 lo1 = DSRS_PHILOX_M1 * c2;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-    }
-    dsrs_words4 r;
-    r.w[0] = c0;
-    r.w[1] = c1;
-    r.w[2] = c2;
-    r.w[3] = c3;
-    return r;
-}
 
 // ---- words -> unit values (spec: "Uniform", "Normal") -----------------------------------
 
@@ -229,7 +188,7 @@ static __device__ __forceinline__ void dsrs_uniform_narrow(typename Out::type* o
     const double span = __dsub_rn(high, low);
     const dsrs_u64 blocks = dsrs_ceil_div(n, 4);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         const dsrs_u64 base = j * 4;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
@@ -248,7 +207,7 @@ static __device__ __forceinline__ void dsrs_uniform_wide(double* out, dsrs_u64 n
     const double span = __dsub_rn(high, low);
     const dsrs_u64 blocks = dsrs_ceil_div(n, 2);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         const dsrs_u64 base = j * 2;
         out[base] = __dadd_rn(low, __dmul_rn(span, dsrs_unit53(r.w[0], r.w[1])));
         if (base + 1 < n) {
@@ -265,7 +224,7 @@ static __device__ __forceinline__ void dsrs_normal_narrow(typename Out::type* ou
                                                           double mean, double stddev) {
     const dsrs_u64 blocks = dsrs_ceil_div(n, 4);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         const dsrs_u64 base = j * 4;
 #pragma unroll
         for (int pair = 0; pair < 2; ++pair) {
@@ -290,7 +249,7 @@ static __device__ __forceinline__ void dsrs_normal_wide(double* out, dsrs_u64 n,
                                                         double stddev) {
     const dsrs_u64 blocks = dsrs_ceil_div(n, 2);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         double z0, z1;
         dsrs_box_muller(dsrs_unit53_open0(r.w[0], r.w[1]), dsrs_unit53(r.w[2], r.w[3]), z0, z1);
         const dsrs_u64 base = j * 2;
@@ -309,7 +268,7 @@ extern "C" __global__ void dsrs_philox_bits_u32(unsigned int* out, unsigned long
                                                 unsigned long long offset) {
     const dsrs_u64 blocks = dsrs_ceil_div(n, 4);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         const dsrs_u64 base = j * 4;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
@@ -326,7 +285,7 @@ extern "C" __global__ void dsrs_philox_bits_u64(unsigned long long* out, unsigne
                                                 unsigned long long offset) {
     const dsrs_u64 blocks = dsrs_ceil_div(n, 2);
     for (dsrs_u64 j = dsrs_thread_index(); j < blocks; j += dsrs_grid_stride()) {
-        const dsrs_words4 r = dsrs_philox_block(seed, offset + j);
+        const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + j);
         const dsrs_u64 base = j * 2;
         out[base] = (dsrs_u64)r.w[0] | ((dsrs_u64)r.w[1] << 32);
         if (base + 1 < n) {

@@ -2,11 +2,12 @@
 // dequantization on the GPU, bit-identical to the cpu_quantizer op and the Rust reference.
 //
 // Specification: kernels/include/dsrs_quantizer.h and docs/quantizer.md (format, formulas,
-// rounding, Philox keying). Compiled by NVRTC alone, with no include path: nothing is
-// #included. Every float operation the specification fixes is written with an explicitly
-// rounded intrinsic (__fdiv_rn, __fsub_rn, __dadd_rn, ...), so NVRTC's default
-// --fmad=true cannot contract anything into a fused multiply-add. Build without
-// --use_fast_math / --ftz=true.
+// rounding, Philox keying). Compiled by NVRTC with the op's headers on the include path:
+// the only #include is dsrs_philox.cuh (kernels/include, listed in the op's spec: the
+// accelerators' Philox4x32-10, as philox_random.cu uses it), which includes nothing. Every
+// float operation the specification fixes is written with an explicitly rounded intrinsic
+// (__fdiv_rn, __fsub_rn, __dadd_rn, ...), so NVRTC's default --fmad=true cannot contract
+// anything into a fused multiply-add. Build without --use_fast_math / --ftz=true.
 //
 // Kernels (T is float, or unsigned short holding fp16 / bf16 bits):
 //
@@ -30,8 +31,8 @@
 // with n, group_size, seed and offset `unsigned long long`; offsets may be NULL when
 // symmetric. The host validates every argument beforehand; the kernels do not.
 
-typedef unsigned long long dsrs_u64;
-typedef unsigned int dsrs_u32;
+#include "dsrs_philox.cuh"
+
 typedef unsigned short dsrs_u16;
 typedef unsigned char dsrs_u8;
 
@@ -39,52 +40,12 @@ typedef unsigned char dsrs_u8;
 #define DSRS_QZ_INF_BITS 0x7f800000u
 #define DSRS_QZ_TWO_M24 5.9604644775390625e-08 // 2^-24, exactly
 
-// ---- Philox4x32-10 (as src/accelerator/rng.rs and philox_random.cu) ---------------------------
-
-#define DSRS_QZ_M0 0xD2511F53u
-#define DSRS_QZ_M1 0xCD9E8D57u
-#define DSRS_QZ_W0 0x9E3779B9u
-#define DSRS_QZ_W1 0xBB67AE85u
-
-struct dsrs_qz_words4 {
-    dsrs_u32 w[4];
-};
-
-// Block `block` under `seed`: counter [block lo, block hi, 0, 0], key [seed lo, seed hi].
-static __device__ __forceinline__ dsrs_qz_words4 dsrs_qz_philox(dsrs_u64 seed, dsrs_u64 block) {
-    dsrs_u32 c0 = (dsrs_u32)block;
-    dsrs_u32 c1 = (dsrs_u32)(block >> 32);
-    dsrs_u32 c2 = 0u;
-    dsrs_u32 c3 = 0u;
-    dsrs_u32 k0 = (dsrs_u32)seed;
-    dsrs_u32 k1 = (dsrs_u32)(seed >> 32);
-#pragma unroll
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            k0 += DSRS_QZ_W0;
-            k1 += DSRS_QZ_W1;
-        }
-        const dsrs_u32 hi0 = __umulhi(DSRS_QZ_M0, c0);
-        const dsrs_u32 lo0 = DSRS_QZ_M0 * c0;
-        const dsrs_u32 hi1 = __umulhi(DSRS_QZ_M1, c2);
-        const dsrs_u32 lo1 = DSRS_QZ_M1 * c2;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-    }
-    dsrs_qz_words4 r;
-    r.w[0] = c0;
-    r.w[1] = c1;
-    r.w[2] = c2;
-    r.w[3] = c3;
-    return r;
-}
+// ---- Philox4x32-10 (dsrs_philox.cuh, as src/accelerator/rng.rs) -------------------------------
 
 // The word of element i: word i % 4 of block offset + i / 4.
 static __device__ __forceinline__ dsrs_u32 dsrs_qz_word(dsrs_u64 seed, dsrs_u64 offset,
                                                         dsrs_u64 i) {
-    const dsrs_qz_words4 r = dsrs_qz_philox(seed, offset + i / 4);
+    const dsrs_philox_words4 r = dsrs_philox_block(seed, offset + i / 4);
     return r.w[i % 4];
 }
 
@@ -308,9 +269,9 @@ static __device__ __forceinline__ void dsrs_qz_quantize(
         const dsrs_u64 j0 = s / 4;
         const dsrs_u64 j1 = (e - 1) / 4;
         for (dsrs_u64 j = j0 + threadIdx.x; j <= j1; j += blockDim.x) {
-            dsrs_qz_words4 w;
+            dsrs_philox_words4 w;
             if (stoch) {
-                w = dsrs_qz_philox(seed, offset + j);
+                w = dsrs_philox_block(seed, offset + j);
             } else {
                 w.w[0] = w.w[1] = w.w[2] = w.w[3] = 0u;
             }

@@ -25,6 +25,7 @@ pub mod builders;
 pub mod cache;
 pub mod compiler;
 mod jit;
+pub(crate) mod kernels;
 pub mod nvrtc;
 pub mod optim;
 mod prebuilt;

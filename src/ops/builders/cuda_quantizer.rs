@@ -20,7 +20,7 @@ pub const SPEC: OpSpec = OpSpec {
         "cuda/quantizer.cu",
         include_str!("../../../kernels/cuda/quantizer.cu"),
     )]),
-    headers: Cow::Borrowed(&[]),
+    headers: Cow::Borrowed(super::philox_random::PHILOX_HEADERS),
     include_dirs: Cow::Borrowed(&[]),
     defines: Cow::Borrowed(&[]),
     flags: Cow::Borrowed(&[]),

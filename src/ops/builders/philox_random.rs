@@ -5,7 +5,14 @@
 
 use std::borrow::Cow;
 
-use super::super::spec::{OpKind, OpSpec, s, src};
+use super::super::spec::{OpKind, OpSpec, SourceFile, s, src};
+
+/// The header every CUDA op that draws from the accelerators' Philox4x32-10 generator
+/// (`philox_random`, `cuda_quantizer`) compiles with: the generator's block function.
+pub const PHILOX_HEADERS: &[SourceFile] = &[src(
+    "include/dsrs_philox.cuh",
+    include_str!("../../../kernels/include/dsrs_philox.cuh"),
+)];
 
 /// The op's description.
 pub const SPEC: OpSpec = OpSpec {
@@ -16,7 +23,7 @@ pub const SPEC: OpSpec = OpSpec {
         "cuda/philox_random.cu",
         include_str!("../../../kernels/cuda/philox_random.cu"),
     )]),
-    headers: Cow::Borrowed(&[]),
+    headers: Cow::Borrowed(PHILOX_HEADERS),
     include_dirs: Cow::Borrowed(&[]),
     defines: Cow::Borrowed(&[]),
     flags: Cow::Borrowed(&[]),

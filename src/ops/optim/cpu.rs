@@ -6,20 +6,14 @@
 //! `kernels/include/dsrs_cpu_{optim,adam,adagrad,lion}.h`; the `#[repr(C)]` mirrors here
 //! are checked against the documented layouts by unit tests.
 
-use std::collections::HashMap;
-use std::ffi::{CStr, c_char, c_void};
-use std::sync::{Arc, OnceLock};
-
-use parking_lot::Mutex;
+use std::ffi::c_void;
 
 use super::{
-    AdagradParams, AdamParams, Backend, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran,
-    reference,
+    AdagradParams, AdamParams, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran, reference,
 };
-use crate::dsrs_warn;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{self, BuildOptions};
+use crate::ops::kernels::{self, EntryPoints};
 
 /// `dsrs_cpu_optim_buffers` (dsrs_cpu_optim.h), 64 bytes.
 #[repr(C)]
@@ -127,59 +121,17 @@ const LION: OpNames = OpNames {
     level: "dsrs_cpu_lion_simd_level",
 };
 
-type Memo = Mutex<HashMap<(&'static str, String), std::result::Result<Kernel, Arc<str>>>>;
+/// The optimizer ops' entry points, per op and build options.
+static KERNELS: EntryPoints<Kernel> = EntryPoints::new("dsrs::optim");
 
-fn memo() -> &'static Memo {
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    MEMO.get_or_init(Default::default)
-}
-
-fn options_key(b: &BuildOptions) -> String {
-    serde_json::to_string(b).unwrap_or_default()
-}
-
-fn load_kernel(names: OpNames, build: &BuildOptions) -> Result<Kernel> {
-    let op = ops::load(names.op, build)?;
-    let step = op.symbol(names.step, 0)? as usize;
-    let level = op.symbol(names.level, 0)?;
-    // SAFETY: the symbol is the op's `const char* dsrs_cpu_*_simd_level(void)`.
-    let simd = unsafe {
-        let f: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(level);
-        CStr::from_ptr(f()).to_string_lossy().into_owned()
-    };
-    Ok(Kernel { step, simd })
-}
-
-/// The kernel for `exec`, or `None` to run the reference. `Auto` falls back (warning once
-/// per op and options, and not retrying the build); `Kernel` reports the load error.
+/// The kernel for `exec`, or `None` to run the reference (see [`EntryPoints::get`]).
 fn kernel_for(names: OpNames, exec: &Exec) -> Result<Option<Kernel>> {
-    if exec.backend == Backend::Reference {
-        return Ok(None);
-    }
-    let key = (names.op, options_key(&exec.build));
-    if let Some(hit) = memo().lock().get(&key) {
-        match (hit, exec.backend) {
-            (Ok(k), _) => return Ok(Some(k.clone())),
-            (Err(_), Backend::Auto) => return Ok(None),
-            (Err(_), _) => {} // retry, so the caller sees the real error
-        }
-    }
-    match load_kernel(names, &exec.build) {
-        Ok(k) => {
-            memo().lock().insert(key, Ok(k.clone()));
-            Ok(Some(k))
-        }
-        Err(e) if exec.backend == Backend::Auto => {
-            dsrs_warn!(
-                "dsrs::optim",
-                "op {} cannot be used ({e}); using the pure-Rust reference implementation, which is slower",
-                names.op
-            );
-            memo().lock().insert(key, Err(e.to_string().into()));
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    KERNELS.get(names.op, exec, |op| {
+        let step = op.symbol(names.step, 0)? as usize;
+        // SAFETY: the symbol is the op's `const char* dsrs_cpu_*_simd_level(void)`.
+        let simd = unsafe { kernels::simd_level(op, names.level)? };
+        Ok(Kernel { step, simd })
+    })
 }
 
 fn status(op: &str, s: i32) -> Result<()> {

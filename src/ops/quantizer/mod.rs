@@ -18,20 +18,16 @@
 pub mod cuda;
 pub mod reference;
 
-use std::collections::HashMap;
-use std::ffi::{CStr, c_char, c_void};
-use std::sync::{Arc, OnceLock};
+use std::ffi::c_void;
 
 use half::{bf16, f16};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::optim::{Backend, Exec, Ran};
 
-use crate::dsrs_warn;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{self, BuildOptions};
+use crate::ops::kernels::{self, EntryPoints};
 
 /// How values are rounded to integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -375,59 +371,24 @@ struct Kernel {
     simd: String,
 }
 
-type Memo = Mutex<HashMap<String, std::result::Result<Kernel, Arc<str>>>>;
+/// The `cpu_quantizer` entry points, per build options.
+static KERNELS: EntryPoints<Kernel> = EntryPoints::new("dsrs::quantizer");
 
-fn memo() -> &'static Memo {
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    MEMO.get_or_init(Default::default)
-}
-
-fn load_kernel(build: &BuildOptions) -> Result<Kernel> {
-    let op = ops::load("cpu_quantizer", build)?;
-    let q = op.symbol("dsrs_quantizer_quantize", 0)?;
-    let d = op.symbol("dsrs_quantizer_dequantize", 0)?;
-    let level = op.symbol("dsrs_quantizer_simd_level", 0)?;
-    // SAFETY: the symbols are the op's functions with the signatures of dsrs_quantizer.h
-    // (the op's ABI version and symbol list were checked by the loader).
-    unsafe {
-        let level: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(level);
-        Ok(Kernel {
-            quantize: std::mem::transmute::<*mut c_void, QuantizeFn>(q),
-            dequantize: std::mem::transmute::<*mut c_void, DequantizeFn>(d),
-            simd: CStr::from_ptr(level()).to_string_lossy().into_owned(),
-        })
-    }
-}
-
-/// The kernel for `exec`, or `None` to run the reference. `Auto` falls back with one
-/// warning per build options (and does not retry the build); `Kernel` reports the error.
+/// The kernel for `exec`, or `None` to run the reference (see [`EntryPoints::get`]).
 fn kernel_for(exec: &Exec) -> Result<Option<Kernel>> {
-    if exec.backend == Backend::Reference {
-        return Ok(None);
-    }
-    let key = serde_json::to_string(&exec.build).unwrap_or_default();
-    if let Some(hit) = memo().lock().get(&key) {
-        match (hit, exec.backend) {
-            (Ok(k), _) => return Ok(Some(k.clone())),
-            (Err(_), Backend::Auto) => return Ok(None),
-            (Err(_), _) => {} // retry, so the caller sees the real error
+    KERNELS.get("cpu_quantizer", exec, |op| {
+        let q = op.symbol("dsrs_quantizer_quantize", 0)?;
+        let d = op.symbol("dsrs_quantizer_dequantize", 0)?;
+        // SAFETY: the symbols are the op's functions with the signatures of dsrs_quantizer.h
+        // (the op's ABI version and symbol list were checked by the loader).
+        unsafe {
+            Ok(Kernel {
+                quantize: std::mem::transmute::<*mut c_void, QuantizeFn>(q),
+                dequantize: std::mem::transmute::<*mut c_void, DequantizeFn>(d),
+                simd: kernels::simd_level(op, "dsrs_quantizer_simd_level")?,
+            })
         }
-    }
-    match load_kernel(&exec.build) {
-        Ok(k) => {
-            memo().lock().insert(key, Ok(k.clone()));
-            Ok(Some(k))
-        }
-        Err(e) if exec.backend == Backend::Auto => {
-            dsrs_warn!(
-                "dsrs::quantizer",
-                "op cpu_quantizer cannot be used ({e}); using the pure-Rust reference implementation, which is slower"
-            );
-            memo().lock().insert(key, Err(e.to_string().into()));
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+    })
 }
 
 fn status(what: &str, s: i32) -> Result<()> {
