@@ -36,124 +36,10 @@
 #include <float.h>
 #include <math.h>
 
-#include "check.h"
-#include "tmpdir.h"
+#include "host_op_test.h"
 
 /* The unit roundoff of float. */
 static const double U = 0x1p-24;
-
-/* ---------------------------------------------------------------------------------- */
-/* Element types, conversions (round to nearest, ties to even) and tensors.            */
-
-typedef enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2 } etype;
-static const char *const ETYPE_NAME[] = {"fp32", "fp16", "bf16"};
-
-static size_t esize(etype t) { return t == T_F32 ? 4 : 2; }
-
-static DLDataType edl(etype t) {
-  DLDataType d;
-  d.code = (uint8_t)(t == T_BF16 ? kDLBfloat : kDLFloat);
-  d.bits = (uint8_t)(t == T_F32 ? 32 : 16);
-  d.lanes = 1;
-  return d;
-}
-
-static uint32_t f2u(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-
-static float u2f(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static uint16_t f32_to_bf16(float f) {
-  uint32_t x = f2u(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
-  x += 0x7FFFu + ((x >> 16) & 1u);
-  return (uint16_t)(x >> 16);
-}
-
-static float bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
-
-static uint16_t f32_to_f16(float f) {
-  uint32_t x = f2u(f);
-  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-  uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);      /* NaN */
-  if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);     /* rounds to infinity */
-  if (ax < 0x38800000u) {                                        /* below 2^-14: subnormal */
-    /* |f| * 2^24 is exact; rint rounds it to nearest even in the default rounding mode.
-     * 1024 is the smallest normal's encoding, as it should be. */
-    return (uint16_t)(sign | (uint16_t)rintf(u2f(ax) * 0x1p24f));
-  }
-  uint32_t h = ((((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7FFFFFu) >> 13));
-  uint32_t rem = ax & 0x1FFFu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* a carry bumps the exponent */
-  return (uint16_t)(sign | h);
-}
-
-static float f16_to_f32(uint16_t h) {
-  uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
-  uint32_t e = ((uint32_t)h >> 10) & 0x1Fu, m = (uint32_t)h & 0x3FFu;
-  float mag;
-  if (e == 0) {
-    mag = ldexpf((float)m, -24);
-  } else if (e == 31) {
-    return u2f(sign | 0x7F800000u | (m << 13));
-  } else {
-    mag = u2f(((e - 15u + 127u) << 23) | (m << 13));
-  }
-  return u2f(sign | f2u(mag));
-}
-
-static float eload(const void *a, etype t, size_t i) {
-  switch (t) {
-    case T_F32: return ((const float *)a)[i];
-    case T_F16: return f16_to_f32(((const uint16_t *)a)[i]);
-    default: return bf16_to_f32(((const uint16_t *)a)[i]);
-  }
-}
-
-static void estore(void *a, etype t, size_t i, float x) {
-  switch (t) {
-    case T_F32: ((float *)a)[i] = x; break;
-    case T_F16: ((uint16_t *)a)[i] = f32_to_f16(x); break;
-    default: ((uint16_t *)a)[i] = f32_to_bf16(x); break;
-  }
-}
-
-/* A uniform double in [-1, 1), and in [0, 1). */
-static double rnd(void) { return (double)(test_rng_next() >> 11) * 0x1.0p-52 - 1.0; }
-static double rnd01(void) { return (double)(test_rng_next() >> 11) * 0x1.0p-53; }
-
-/* A one-dimensional host DLTensor with its shape storage (never copied by value). */
-typedef struct {
-  DLTensor t;
-  int64_t shape[1];
-} tens;
-
-static void tens_set(tens *x, void *data, DLDataType dt, size_t n) {
-  memset(x, 0, sizeof *x);
-  x->shape[0] = (int64_t)n;
-  x->t.data = data;
-  x->t.device.device_type = kDLCPU;
-  x->t.device.device_id = 0;
-  x->t.ndim = 1;
-  x->t.dtype = dt;
-  x->t.shape = x->shape;
-  x->t.strides = NULL;
-  x->t.byte_offset = 0;
-}
-
-static void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  REQUIRE(p != NULL);
-  return p;
-}
 
 /* ---------------------------------------------------------------------------------- */
 /* A parameter with its gradients, states and optional copy.                            */
@@ -389,13 +275,6 @@ static void ref_lamb(const dsrs_lamb_config *c, pset *s) {
   free(old);
 }
 
-/* Checks that the compiler did not contract a * b - c into an FMA (this file must be built
- * with -ffp-contract=off, or the float references would not be the library's). */
-static float contract_probe(volatile float *a, volatile float *b) {
-  float x = *a, y = *b;
-  return x * x - y;
-}
-
 /* ---------------------------------------------------------------------------------- */
 /* Calls.                                                                                */
 
@@ -403,12 +282,7 @@ static int g_steps; /* API calls that succeeded */
 
 #define STEP_OK(call)                                                                      \
   do {                                                                                     \
-    dsrs_status st_ = (call);                                                              \
-    if (st_ != DSRS_STATUS_OK) {                                                           \
-      fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,            \
-              status_name(st_), last_error());                                             \
-      exit(1);                                                                             \
-    }                                                                                      \
+    REQUIRE_OK(call);                                                                      \
     g_steps++;                                                                             \
   } while (0)
 
@@ -733,17 +607,17 @@ static void section_mixed_adagrad_lion(void) {
       for (int v = 0; v < 2; v++) {
         c.adam = v ? adam_config(0.01f, 0.01f, 1, 1, 3.0f, 0) : adam_config(1e-3f, 0.1f, 0, 0, 1.0f, 2);
         char name[96];
-        snprintf(name, sizeof name, "params %s grads %s%s%s (%s)", ETYPE_NAME[combos[ci].pt],
-                 ETYPE_NAME[combos[ci].gt], combos[ci].copy ? " copy " : "",
-                 combos[ci].copy ? ETYPE_NAME[combos[ci].ct] : "",
+        snprintf(name, sizeof name, "params %s grads %s%s%s (%s)", etype_name(combos[ci].pt),
+                 etype_name(combos[ci].gt), combos[ci].copy ? " copy " : "",
+                 combos[ci].copy ? etype_name(combos[ci].ct) : "",
                  v ? "adamw gs=3" : "adam+l2 no bias correction");
         test_bits(OPT_ADAM, &c, LENGTHS[li], combos[ci].pt, combos[ci].gt, combos[ci].copy,
                   combos[ci].ct, name);
       }
     }
     printf("  adam params %s grads %s%s%s: lengths 1..100003, 2 configs, 3 steps\n",
-           ETYPE_NAME[combos[ci].pt], ETYPE_NAME[combos[ci].gt],
-           combos[ci].copy ? " + param_copy " : "", combos[ci].copy ? ETYPE_NAME[combos[ci].ct] : "");
+           etype_name(combos[ci].pt), etype_name(combos[ci].gt),
+           combos[ci].copy ? " + param_copy " : "", combos[ci].copy ? etype_name(combos[ci].ct) : "");
   }
 
   printf("-- 3. adagrad and lion (bit-exact, kernel and reference backends)\n");
@@ -763,8 +637,8 @@ static void section_mixed_adagrad_lion(void) {
             c.lion = lion_config(1e-3f, wd, gs, (int)li % 3);
             char name[96];
             snprintf(name, sizeof name, "params %s grads %s%s%s wd=%g gs=%g",
-                     ETYPE_NAME[small[ci].pt], ETYPE_NAME[small[ci].gt],
-                     small[ci].copy ? " copy " : "", small[ci].copy ? ETYPE_NAME[small[ci].ct] : "",
+                     etype_name(small[ci].pt), etype_name(small[ci].gt),
+                     small[ci].copy ? " copy " : "", small[ci].copy ? etype_name(small[ci].ct) : "",
                      (double)wd, (double)gs);
             test_bits((opt_kind)kind, &c, LENGTHS[li], small[ci].pt, small[ci].gt,
                       small[ci].copy, small[ci].ct, name);
@@ -772,8 +646,8 @@ static void section_mixed_adagrad_lion(void) {
         }
       }
       printf("  %s params %s grads %s%s%s: lengths 1..100003, wd 0/0.1, gs 1/3, 3 steps\n",
-             OPT_NAME[kind], ETYPE_NAME[small[ci].pt], ETYPE_NAME[small[ci].gt],
-             small[ci].copy ? " + param_copy " : "", small[ci].copy ? ETYPE_NAME[small[ci].ct] : "");
+             OPT_NAME[kind], etype_name(small[ci].pt), etype_name(small[ci].gt),
+             small[ci].copy ? " + param_copy " : "", small[ci].copy ? etype_name(small[ci].ct) : "");
     }
   }
 }
@@ -945,50 +819,6 @@ static void section_lamb(void) {
 
 /* ---------------------------------------------------------------------------------- */
 /* 6. Errors.                                                                           */
-
-static int error_count = 0;
-
-/* One expected failure: the status (want, or alt), dsrs_last_error_status, a message that
- * starts with "<function>: " and contains every needle. */
-static void expect_failure(int line, const char *what, dsrs_status got, dsrs_status want,
-                           dsrs_status alt, const char *function, const char *const *needles) {
-  error_count++;
-  const char *msg = last_error();
-  printf("  [%2d] %-52s -> %s | %.260s%s\n", error_count, what, status_name(got), msg,
-         strlen(msg) > 260 ? "..." : "");
-  if (got == DSRS_STATUS_OK || (got != want && got != alt)) {
-    fprintf(stderr, "optim_test.c:%d: %s: expected %s, got %s\n", line, what, status_name(want),
-            status_name(got));
-    check_failures_++;
-    return;
-  }
-  dsrs_status recorded = DSRS_STATUS_OK;
-  CHECK_OK(dsrs_last_error_status(&recorded));
-  if (recorded != got) {
-    fprintf(stderr, "optim_test.c:%d: %s: dsrs_last_error_status is %s\n", line, what,
-            status_name(recorded));
-    check_failures_++;
-  }
-  size_t fl = strlen(function);
-  if (strncmp(msg, function, fl) != 0 || strncmp(msg + fl, ": ", 2) != 0) {
-    fprintf(stderr, "optim_test.c:%d: %s: the message does not start with \"%s: \"\n", line,
-            what, function);
-    check_failures_++;
-  }
-  for (const char *const *n = needles; *n != NULL; n++) {
-    if (strstr(msg, *n) == NULL) {
-      fprintf(stderr, "optim_test.c:%d: %s: the message lacks \"%s\"\n", line, what, *n);
-      check_failures_++;
-    }
-  }
-}
-
-#define EXPECT_ERROR(what, call, want, function, ...)                                      \
-  expect_failure(__LINE__, what, (call), want, want, function,                            \
-                 (const char *const[]){__VA_ARGS__, NULL})
-#define EXPECT_ERROR2(what, call, want, alt, function, ...)                                \
-  expect_failure(__LINE__, what, (call), want, alt, function,                             \
-                 (const char *const[]){__VA_ARGS__, NULL})
 
 /* The fixture of the error cases: two valid entries (fp32, n = 17) whose every byte is
  * snapshotted; after each failing call, nothing may have changed. */
@@ -1320,31 +1150,8 @@ static void section_errors(void) {
 
 /* ---------------------------------------------------------------------------------- */
 
-/* Object pointers returned by dsrs_op_symbol, as function pointers: ISO C has no cast
- * between the two, POSIX guarantees they have the same representation (dlsym). */
-_Static_assert(sizeof(void *) == sizeof(const char *(*)(void)), "function and object pointers differ");
-
-/* The SIMD level the loaded op reports (informational), or "?" */
-static void print_simd_level(const char *op_name, const char *symbol) {
-  dsrs_op *op = NULL;
-  void *p = NULL;
-  if (dsrs_op_load(op_name, NULL, &op) != DSRS_STATUS_OK) {
-    printf("  %s: cannot be loaded: %s\n", op_name, last_error());
-    return;
-  }
-  if (dsrs_op_symbol(op, symbol, &p) == DSRS_STATUS_OK && p != NULL) {
-    const char *(*fn)(void);
-    memcpy(&fn, &p, sizeof fn);
-    printf("  %s kernel: SIMD level %s\n", op_name, fn());
-  }
-  CHECK_OK(dsrs_op_free(op));
-}
-
-/* With DSRS_JIT_SIMD set (the CTest variants), the kernels must build at that level; when
- * this machine cannot run it, the variant is skipped. Returns 0 to skip. */
-static int simd_variant_usable(void) {
-  const char *simd = getenv("DSRS_JIT_SIMD");
-  if (simd == NULL || *simd == '\0') return 1;
+/* One step with the kernel backend: it builds cpu_adam (at DSRS_JIT_SIMD's level). */
+static dsrs_status simd_probe(void) {
   float p = 0.5f, g = 0.25f, m = 0.0f, v = 0.0f;
   tens tp, tg, tm, tv;
   tens_set(&tp, &p, edl(T_F32), 1);
@@ -1354,47 +1161,13 @@ static int simd_variant_usable(void) {
   dsrs_optim_tensors e = {&tp.t, &tg.t, &tm.t, &tv.t, NULL};
   dsrs_adam_config c = adam_config(0.01f, 0.0f, 1, 1, 1.0f, 0);
   c.backend = DSRS_OPTIM_BACKEND_KERNEL;
-  dsrs_status st = dsrs_adam_step(&c, &e, 1, NULL);
-  if (st != DSRS_STATUS_OK) {
-    printf("SKIPPED: DSRS_JIT_SIMD=%s cannot be used on this machine: %s: %s\n", simd,
-           status_name(st), last_error());
-    return 0;
-  }
-  return 1;
+  return dsrs_adam_step(&c, &e, 1, NULL);
 }
 
 int main(void) {
-  setvbuf(stdout, NULL, _IONBF, 0); /* keep stdout and stderr in order */
-  uint64_t seed = test_seed_from_env_or_time();
-  printf("optim_test: seed %" PRIu64 " (DSRS_TEST_SEED reproduces it)\n", seed);
-  test_rng_seed(seed);
-
-  volatile float pa = 1.0f + 0x1p-12f, pb = 1.0f + 0x1p-11f;
-  REQUIRE(contract_probe(&pa, &pb) == 0.0f); /* an FMA would give 2^-24 */
-  /* The converters against exactly known values. */
-  REQUIRE(f32_to_bf16(1.0f) == 0x3F80 && f32_to_bf16(u2f(0x3F808000u)) == 0x3F80 &&
-          f32_to_bf16(u2f(0x3F818000u)) == 0x3F82 && f32_to_bf16(u2f(0x3F808001u)) == 0x3F81);
-  REQUIRE(f32_to_f16(1.0f) == 0x3C00 && f32_to_f16(65504.0f) == 0x7BFF &&
-          f32_to_f16(65520.0f) == 0x7C00 && f32_to_f16(0x1p-24f) == 0x0001 &&
-          f32_to_f16(0x1p-25f) == 0x0000 && f32_to_f16(0x1.8p-25f) == 0x0001 &&
-          f32_to_f16(1.0f + 0x1p-11f) == 0x3C00 && f32_to_f16(1.0f + 0x3p-11f) == 0x3C02 &&
-          f32_to_f16(-2.5f) == 0xC100);
-  for (uint32_t h = 0; h < 0x7C00u; h++) REQUIRE(f32_to_f16(f16_to_f32((uint16_t)h)) == h);
-
-  char *root = test_tmpdir_new("dsrs-optim-test");
-  size_t cl = strlen(root) + 8;
-  char *cache = (char *)xmalloc(cl);
-  snprintf(cache, cl, "%s/cache", root);
   /* The ops (cpu_adam, cpu_adagrad, cpu_lion) are built into a private cache. */
-  REQUIRE(setenv("DSRS_CACHE_DIR", cache, 1) == 0);
-  printf("optim_test: op cache %s\n", cache);
-  REQUIRE_OK(dsrs_set_log_level(DSRS_LOG_WARN));
-  if (!simd_variant_usable()) {
-    test_tmpdir_remove(root);
-    free(cache);
-    free(root);
-    return 0;
-  }
+  op_cache cache;
+  if (!host_op_test_begin("optim_test", simd_probe, &cache)) return 0;
 
   section_adam_fp32();
   section_mixed_adagrad_lion();
@@ -1406,12 +1179,6 @@ int main(void) {
   print_simd_level("cpu_lion", "dsrs_cpu_lion_simd_level");
 
   printf("optim_test: %d successful steps, %d error cases\n", g_steps, error_count);
-  if (check_failures_ == 0) {
-    test_tmpdir_remove(root);
-  } else {
-    fprintf(stderr, "optim_test: keeping %s\n", root);
-  }
-  free(cache);
-  free(root);
+  host_op_test_end("optim_test", &cache);
   return check_exit_code("optim_test");
 }

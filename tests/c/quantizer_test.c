@@ -47,93 +47,10 @@
 #include <float.h>
 #include <math.h>
 
-#include "check.h"
-#include "tmpdir.h"
+#include "host_op_test.h"
 
-/* ---------------------------------------------------------------------------------- */
-/* Element types and conversions (round to nearest, ties to even).                      */
-
-typedef enum { T_F32 = 0, T_F16 = 1, T_BF16 = 2 } etype;
-static const char *const ETYPE_NAME[] = {"fp32", "fp16", "bf16"};
-
-static size_t esize(etype t) { return t == T_F32 ? 4 : 2; }
-
-static DLDataType edl(etype t) {
-  DLDataType d;
-  d.code = (uint8_t)(t == T_BF16 ? kDLBfloat : kDLFloat);
-  d.bits = (uint8_t)(t == T_F32 ? 32 : 16);
-  d.lanes = 1;
-  return d;
-}
-
-static DLDataType dl(uint8_t code, uint8_t bits) {
-  DLDataType d;
-  d.code = code;
-  d.bits = bits;
-  d.lanes = 1;
-  return d;
-}
-
-static uint32_t f2u(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-
-static float u2f(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static const uint32_t NAN_BITS = 0x7FC00000u; /* the canonical NaN of the format */
-
-static uint16_t f32_to_bf16(float f) {
-  uint32_t x = f2u(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u); /* quiet NaN */
-  x += 0x7FFFu + ((x >> 16) & 1u);
-  return (uint16_t)(x >> 16);
-}
-
-static float bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
-
-static uint16_t f32_to_f16(float f) {
-  uint32_t x = f2u(f);
-  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-  uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((ax & 0x7FFFFFu) >> 13)); /* NaN */
-  if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* rounds to infinity */
-  if (ax < 0x38800000u) {                                    /* below 2^-14: subnormal */
-    /* |f| * 2^24 is exact; rintf rounds it to nearest even (default rounding mode). */
-    return (uint16_t)(sign | (uint16_t)rintf(u2f(ax) * 0x1p24f));
-  }
-  uint32_t h = ((((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7FFFFFu) >> 13));
-  uint32_t rem = ax & 0x1FFFu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* a carry bumps the exponent */
-  return (uint16_t)(sign | h);
-}
-
-static float f16_to_f32(uint16_t h) {
-  uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
-  uint32_t e = ((uint32_t)h >> 10) & 0x1Fu, m = (uint32_t)h & 0x3FFu;
-  float mag;
-  if (e == 0) {
-    mag = ldexpf((float)m, -24);
-  } else if (e == 31) {
-    return u2f(sign | 0x7F800000u | (m << 13));
-  } else {
-    mag = u2f(((e - 15u + 127u) << 23) | (m << 13));
-  }
-  return u2f(sign | f2u(mag));
-}
-
-static void estore(void *a, etype t, size_t i, float x) {
-  switch (t) {
-    case T_F32: ((float *)a)[i] = x; break;
-    case T_F16: ((uint16_t *)a)[i] = f32_to_f16(x); break;
-    default: ((uint16_t *)a)[i] = f32_to_bf16(x); break;
-  }
-}
+/* The canonical NaN of the format (docs/quantizer.md). */
+static const uint32_t NAN_BITS = 0x7FC00000u;
 
 /* Half an ulp of fp16 at |y| (the rounding of a dequantized value to fp16). */
 static double f16_half_ulp(double y) {
@@ -142,38 +59,6 @@ static double f16_half_ulp(double y) {
   int e;
   (void)frexp(a, &e); /* a = m * 2^e, 0.5 <= m < 1: the binade [2^(e-1), 2^e) */
   return ldexp(1.0, e - 12);
-}
-
-/* A uniform double in [-1, 1), and in [0, 1). */
-static double rnd(void) { return (double)(test_rng_next() >> 11) * 0x1.0p-52 - 1.0; }
-static double rnd01(void) { return (double)(test_rng_next() >> 11) * 0x1.0p-53; }
-
-static void *xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  REQUIRE(p != NULL);
-  return p;
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Host tensors.                                                                         */
-
-/* A one-dimensional host DLTensor with its shape storage (never copied by value). */
-typedef struct {
-  DLTensor t;
-  int64_t shape[1];
-} tens;
-
-static void tens_set(tens *x, void *data, DLDataType dt, size_t n) {
-  memset(x, 0, sizeof *x);
-  x->shape[0] = (int64_t)n;
-  x->t.data = data;
-  x->t.device.device_type = kDLCPU;
-  x->t.device.device_id = 0;
-  x->t.ndim = 1;
-  x->t.dtype = dt;
-  x->t.shape = x->shape;
-  x->t.strides = NULL;
-  x->t.byte_offset = 0;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -352,12 +237,6 @@ static void ref_dequantize(const qp *p, const uint8_t *q, const float *scales,
   }
 }
 
-/* Checks that the compiler did not contract a * b - c into an FMA. */
-static float contract_probe(volatile float *a, volatile float *b) {
-  float x = *a, y = *b;
-  return x * x - y;
-}
-
 /* ---------------------------------------------------------------------------------- */
 /* Calls and comparisons.                                                                */
 
@@ -367,12 +246,7 @@ static long g_values; /* elements compared bit for bit */
 
 #define CALL_OK(call)                                                                      \
   do {                                                                                     \
-    dsrs_status st_ = (call);                                                              \
-    if (st_ != DSRS_STATUS_OK) {                                                           \
-      fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,            \
-              status_name(st_), last_error());                                             \
-      exit(1);                                                                             \
-    }                                                                                      \
+    REQUIRE_OK(call);                                                                      \
     g_calls++;                                                                             \
   } while (0)
 
@@ -595,7 +469,7 @@ static void run_case(const qp *p0, etype t, const void *x, const float *xw, size
   qp p = *p0;
   char what[200];
   snprintf(what, sizeof what, "n=%zu gs=%" PRIu64 " int%d %s %s %s", n, p.gs, p.bits,
-           p.sym ? "sym" : "asym", p.stoch ? "stochastic" : "nearest", ETYPE_NAME[t]);
+           p.sym ? "sym" : "asym", p.stoch ? "stochastic" : "nearest", etype_name(t));
   g_cases++;
 
   /* dsrs_quantize_sizes */
@@ -671,11 +545,11 @@ static void run_case(const qp *p0, etype t, const void *x, const float *xw, size
     ref_dequantize(&p, rq, rs, ro, n, want, (etype)ot);
     memset(got, 0xA5, n * 2);
     CALL_OK(lib_dequantize(&cfg, &k, got, (etype)ot));
-    snprintf(w, sizeof w, "%s: dequantize %s (KERNEL) vs C reference", what, ETYPE_NAME[ot]);
+    snprintf(w, sizeof w, "%s: dequantize %s (KERNEL) vs C reference", what, etype_name(ot));
     same_bytes(got, want, n * 2, 2, w);
     memset(got, 0xA5, n * 2);
     CALL_OK(lib_dequantize(&rcfg, &r, got, (etype)ot));
-    snprintf(w, sizeof w, "%s: dequantize %s (REFERENCE) vs C reference", what, ETYPE_NAME[ot]);
+    snprintf(w, sizeof w, "%s: dequantize %s (REFERENCE) vs C reference", what, etype_name(ot));
     same_bytes(got, want, n * 2, 2, w);
     g_values += 2 * (long)n;
     if (ot == T_F16 && t == T_F16) {
@@ -834,9 +708,9 @@ static void dequantize_both(const qp *p, const qout *k, void *out, etype t, cons
   CALL_OK(lib_dequantize(&kc, k, out, t));
   CALL_OK(lib_dequantize(&rc, k, other, t));
   char w[256];
-  snprintf(w, sizeof w, "%s: dequantize %s (KERNEL) vs C reference", what, ETYPE_NAME[t]);
+  snprintf(w, sizeof w, "%s: dequantize %s (KERNEL) vs C reference", what, etype_name(t));
   same_bytes(out, want, n * esize(t), esize(t), w);
-  snprintf(w, sizeof w, "%s: dequantize %s (REFERENCE) vs C reference", what, ETYPE_NAME[t]);
+  snprintf(w, sizeof w, "%s: dequantize %s (REFERENCE) vs C reference", what, etype_name(t));
   same_bytes(other, want, n * esize(t), esize(t), w);
   free(want);
   free(other);
@@ -1398,43 +1272,6 @@ static void section_shapes(dsrs_accelerator *acc) {
 /* ---------------------------------------------------------------------------------- */
 /* 4. Errors.                                                                            */
 
-static int error_count = 0;
-
-/* One expected failure: the status (want, or alt), dsrs_last_error_status, a message that
- * starts with "<function>: " and contains every needle. */
-static void expect_failure(int line, const char *what, dsrs_status got, dsrs_status want,
-                           dsrs_status alt, const char *function, const char *const *needles) {
-  error_count++;
-  const char *msg = last_error();
-  printf("  [%2d] %-50s -> %s | %.240s%s\n", error_count, what, status_name(got), msg,
-         strlen(msg) > 240 ? "..." : "");
-  if (got == DSRS_STATUS_OK || (got != want && got != alt)) {
-    fprintf(stderr, "quantizer_test.c:%d: %s: expected %s, got %s\n", line, what,
-            status_name(want), status_name(got));
-    check_failures_++;
-    return;
-  }
-  dsrs_status recorded = DSRS_STATUS_OK;
-  CHECK_OK(dsrs_last_error_status(&recorded));
-  if (recorded != got) {
-    fprintf(stderr, "quantizer_test.c:%d: %s: dsrs_last_error_status is %s\n", line, what,
-            status_name(recorded));
-    check_failures_++;
-  }
-  size_t fl = strlen(function);
-  if (strncmp(msg, function, fl) != 0 || strncmp(msg + fl, ": ", 2) != 0) {
-    fprintf(stderr, "quantizer_test.c:%d: %s: the message does not start with \"%s: \"\n",
-            line, what, function);
-    check_failures_++;
-  }
-  for (const char *const *nd = needles; *nd != NULL; nd++) {
-    if (strstr(msg, *nd) == NULL) {
-      fprintf(stderr, "quantizer_test.c:%d: %s: the message lacks \"%s\"\n", line, what, *nd);
-      check_failures_++;
-    }
-  }
-}
-
 /* The fixture of the error cases: n = 19 fp32 inputs, group size 4 (5 groups), all arrays
  * in one arena whose every byte is snapshotted; after each failure nothing may differ.
  *   input  at   0 (76 bytes)      q      at 256 (19 bytes int8 / 10 int4)
@@ -1503,8 +1340,7 @@ static void efix_unchanged(int line, efix *f, const char *what) {
 
 #define ERROR_CASE2(what, call, want, alt, function, ...)                                  \
   do {                                                                                     \
-    expect_failure(__LINE__, what, (call), want, alt, function,                            \
-                   (const char *const[]){__VA_ARGS__, NULL});                              \
+    EXPECT_ERROR2(what, call, want, alt, function, __VA_ARGS__);                           \
     efix_unchanged(__LINE__, &f, what);                                                    \
   } while (0)
 #define ERROR_CASE(what, call, want, function, ...)                                        \
@@ -1793,31 +1629,10 @@ static void section_errors(dsrs_accelerator *acc) {
 
 /* ---------------------------------------------------------------------------------- */
 
-_Static_assert(sizeof(void *) == sizeof(const char *(*)(void)),
-               "function and object pointers differ");
 _Static_assert(sizeof(dsrs_quantize_config) == 48, "dsrs_quantize_config is 48 bytes");
 
-/* The SIMD level the loaded cpu_quantizer reports (informational), or why it has none. */
-static void print_simd_level(void) {
-  dsrs_op *op = NULL;
-  void *sym = NULL;
-  if (dsrs_op_load("cpu_quantizer", NULL, &op) != DSRS_STATUS_OK) {
-    printf("  cpu_quantizer: cannot be loaded: %s\n", last_error());
-    return;
-  }
-  if (dsrs_op_symbol(op, "dsrs_quantizer_simd_level", &sym) == DSRS_STATUS_OK && sym != NULL) {
-    const char *(*fn)(void);
-    memcpy(&fn, &sym, sizeof fn);
-    printf("  cpu_quantizer kernel: SIMD level %s\n", fn());
-  }
-  CHECK_OK(dsrs_op_free(op));
-}
-
-/* With DSRS_JIT_SIMD set (the CTest variants), the kernel must build at that level; when
- * this machine cannot run it, the variant is skipped. Returns 0 to skip. */
-static int simd_variant_usable(void) {
-  const char *simd = getenv("DSRS_JIT_SIMD");
-  if (simd == NULL || *simd == '\0') return 1;
+/* One call with the kernel backend: it builds cpu_quantizer (at DSRS_JIT_SIMD's level). */
+static dsrs_status simd_probe(void) {
   float x = 0.5f, s = 0.0f;
   uint8_t q = 0;
   tens tx, tq, ts;
@@ -1826,47 +1641,14 @@ static int simd_variant_usable(void) {
   tens_set(&ts, &s, edl(T_F32), 1);
   qp p = {8, 1, 0, 1, 0, 0};
   dsrs_quantize_config c = make_config(&p, DSRS_QUANTIZE_BACKEND_KERNEL, 0);
-  dsrs_status st = dsrs_quantize(&c, &tx.t, &tq.t, &ts.t, NULL, NULL);
-  if (st != DSRS_STATUS_OK) {
-    printf("SKIPPED: DSRS_JIT_SIMD=%s cannot be used on this machine: %s: %s\n", simd,
-           status_name(st), last_error());
-    return 0;
-  }
-  return 1;
+  return dsrs_quantize(&c, &tx.t, &tq.t, &ts.t, NULL, NULL);
 }
 
 int main(void) {
-  setvbuf(stdout, NULL, _IONBF, 0); /* keep stdout and stderr in order */
-  uint64_t seed = test_seed_from_env_or_time();
-  printf("quantizer_test: seed %" PRIu64 " (DSRS_TEST_SEED reproduces it)\n", seed);
-  test_rng_seed(seed);
-
-  volatile float pa = 1.0f + 0x1p-12f, pb = 1.0f + 0x1p-11f;
-  REQUIRE(contract_probe(&pa, &pb) == 0.0f); /* an FMA would give 2^-24 */
-  philox_known_answers();
-  REQUIRE(f32_to_f16(1.0f) == 0x3C00 && f32_to_f16(65504.0f) == 0x7BFF &&
-          f32_to_f16(65520.0f) == 0x7C00 && f32_to_f16(0x1p-24f) == 0x0001 &&
-          f32_to_f16(0x1p-25f) == 0x0000 && f32_to_f16(0x1.8p-25f) == 0x0001 &&
-          f32_to_f16(u2f(NAN_BITS)) == 0x7E00 && f32_to_bf16(u2f(NAN_BITS)) == 0x7FC0 &&
-          f32_to_bf16(u2f(0x3F808000u)) == 0x3F80 && f32_to_bf16(u2f(0x3F818000u)) == 0x3F82 &&
-          bf16_to_f32(0xC0A0) == -5.0f);
-  for (uint32_t h = 0; h < 0x7C00u; h++) REQUIRE(f32_to_f16(f16_to_f32((uint16_t)h)) == h);
-  REQUIRE(rintf(2.5f) == 2.0f && rintf(3.5f) == 4.0f && rintf(-2.5f) == -2.0f);
-
-  char *root = test_tmpdir_new("dsrs-quantizer-test");
-  size_t cl = strlen(root) + 8;
-  char *cache = (char *)xmalloc(cl);
-  snprintf(cache, cl, "%s/cache", root);
   /* The op (cpu_quantizer) is built into a private cache. */
-  REQUIRE(setenv("DSRS_CACHE_DIR", cache, 1) == 0);
-  printf("quantizer_test: op cache %s\n", cache);
-  REQUIRE_OK(dsrs_set_log_level(DSRS_LOG_WARN));
-  if (!simd_variant_usable()) {
-    test_tmpdir_remove(root);
-    free(cache);
-    free(root);
-    return 0;
-  }
+  op_cache cache;
+  if (!host_op_test_begin("quantizer_test", simd_probe, &cache)) return 0;
+  philox_known_answers();
   dsrs_accelerator *acc = NULL;
   REQUIRE_OK(dsrs_accelerator_get(&acc));
 
@@ -1878,17 +1660,11 @@ int main(void) {
   section_extremes();
   section_shapes(acc);
   section_errors(acc);
-  print_simd_level();
+  print_simd_level("cpu_quantizer", "dsrs_quantizer_simd_level");
 
   CHECK_OK(dsrs_accelerator_free(acc));
   printf("quantizer_test: %d matrix cases, %d successful calls, %ld values compared bit for "
          "bit, %d error cases\n", g_cases, g_calls, g_values, error_count);
-  if (check_failures_ == 0) {
-    test_tmpdir_remove(root);
-  } else {
-    fprintf(stderr, "quantizer_test: keeping %s\n", root);
-  }
-  free(cache);
-  free(root);
+  host_op_test_end("quantizer_test", &cache);
   return check_exit_code("quantizer_test");
 }

@@ -35,6 +35,18 @@ def rng(request) -> np.random.Generator:
     return np.random.default_rng([SEED, int.from_bytes(name[-16:], "little") % (1 << 63)])
 
 
+@pytest.fixture(scope="module")
+def private_op_cache(request, tmp_path_factory):
+    """DSRS_CACHE_DIR set to a new directory for the whole module, so that the ops it
+    JIT-builds go to a cache private to it. A module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("private_op_cache")``."""
+    name = request.module.__name__.rpartition(".")[2]
+    name = name[len("test_"):] if name.startswith("test_") else name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSRS_CACHE_DIR", str(tmp_path_factory.mktemp(f"{name}-cache")))
+        yield
+
+
 @pytest.fixture
 def cpu():
     """A fresh CPU accelerator (its own memory statistics and generator), 2 devices."""

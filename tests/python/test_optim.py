@@ -22,13 +22,14 @@ module (DSRS_CACHE_DIR).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import pytest
 
+import bits_ref
 import deepspeed_rs as ds
+from bits_ref import from_bf16, raises, to_bf16
 from deepspeed_rs import errors
 
 U = 2.0 ** -24
@@ -36,29 +37,12 @@ F = np.float32
 LENGTHS = (1, 7, 1023, 100003)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    """The kernels are built into a cache private to this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DSRS_CACHE_DIR", str(tmp_path_factory.mktemp("optim-cache")))
-        yield
+# The ops are JIT-built into a cache private to this module (conftest.py).
+pytestmark = pytest.mark.usefixtures("private_op_cache")
 
 
 # --------------------------------------------------------------------------------------
 # dtypes: bf16 as uint16 bits.
-
-
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), round to nearest even (NaN stays NaN)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
-    return r
-
-
-def from_bf16(b: np.ndarray) -> np.ndarray:
-    return (b.astype(np.uint32) << 16).view(np.float32)
 
 
 def load(a: np.ndarray, kind: str) -> np.ndarray:
@@ -81,17 +65,10 @@ def arg(a: np.ndarray, kind: str):
     return (a, "bfloat16") if kind == "bf16" else a
 
 
-def bits(a: np.ndarray) -> np.ndarray:
-    return a.view(np.uint32 if a.dtype.itemsize == 4 else np.uint16)
-
-
 def assert_same_bits(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """The same dtype and shape, bit for bit."""
     assert got.dtype == want.dtype and got.shape == want.shape, what
-    diff = np.flatnonzero(bits(got) != bits(want))
-    if diff.size:
-        i = diff[0]
-        pytest.fail(f"{what}: {diff.size} elements differ, first [{i}]: {got.flat[i]!r} vs "
-                    f"{want.flat[i]!r}")
+    bits_ref.assert_same_bits(got, want, what)
 
 
 class State:
@@ -639,15 +616,6 @@ class Fixture:
         for s, t in zip(self.s, self.snap):
             s.assert_same(t, "after a failing call")
             assert_same_bits(s.g, t.g, "grads after a failing call")
-
-
-@contextlib.contextmanager
-def raises(cls, *needles):
-    """pytest.raises for `cls` whose message contains every needle."""
-    with pytest.raises(cls) as info:
-        yield info
-    for n in needles:
-        assert n in str(info.value), f"{n!r} not in {info.value}"
 
 
 def test_errors_from_the_library_name_the_field_and_write_nothing(rng):

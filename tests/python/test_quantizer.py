@@ -23,13 +23,12 @@ module (DSRS_CACHE_DIR).
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
 import deepspeed_rs as ds
 import philox_ref
+from bits_ref import assert_same_bits, from_bf16, raises, to_bf16
 from deepspeed_rs import errors
 
 F = np.float32
@@ -38,44 +37,12 @@ LENGTHS = (1, 7, 1023, 100003)
 GROUP_SIZES = (1, 7, 64, 4096, "n")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    """The kernel is built into a cache private to this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DSRS_CACHE_DIR", str(tmp_path_factory.mktemp("quantizer-cache")))
-        yield
+# The ops are JIT-built into a cache private to this module (conftest.py).
+pytestmark = pytest.mark.usefixtures("private_op_cache")
 
 
 # --------------------------------------------------------------------------------------
 # dtypes.
-
-
-def to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), round to nearest even (NaN stays a quiet NaN)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
-    return r
-
-
-def from_bf16(b: np.ndarray) -> np.ndarray:
-    return (b.astype(np.uint32) << 16).view(np.float32)
-
-
-def bits(a: np.ndarray) -> np.ndarray:
-    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
-
-
-def assert_same_bits(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    got, want = np.asarray(got).reshape(-1), np.asarray(want).reshape(-1)
-    assert got.dtype.itemsize == want.dtype.itemsize and got.shape == want.shape, (
-        f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}")
-    diff = np.flatnonzero(bits(got) != bits(want))
-    if diff.size:
-        i = diff[0]
-        pytest.fail(f"{what}: {diff.size} of {got.size} elements differ, first [{i}]: "
-                    f"{got[i]!r} ({int(bits(got)[i]):#x}) vs {want[i]!r} ({int(bits(want)[i]):#x})")
 
 
 class Data:
@@ -573,15 +540,6 @@ def test_quantize_sizes():
 # Errors.
 
 
-@contextlib.contextmanager
-def raises(cls, *needles):
-    """pytest.raises for `cls` whose message contains every needle."""
-    with pytest.raises(cls) as info:
-        yield info
-    for n in needles:
-        assert n in str(info.value), f"{n!r} not in {info.value}"
-
-
 class Outs:
     """Output arrays for 19 elements in groups of 4, full of sentinels, and their snapshot."""
 
@@ -664,7 +622,7 @@ def test_errors_from_the_library_name_the_argument_and_write_nothing(rng):
 
 def test_errors_found_by_the_binding(rng):
     t = Outs(rng)
-    x, q8, s, y = t.x, t.q8, t.s, t.y
+    x, q8, s = t.x, t.q8, t.s
     strided = np.zeros(38, np.uint8)[::2]
     ro = np.zeros(19, np.uint8)
     ro.flags.writeable = False

@@ -52,15 +52,11 @@ import ctypes
 from ctypes import POINTER, Structure, c_float, c_int32, c_int64, c_size_t, c_void_p
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from . import _arrays
+from ._arrays import flag as _flag
 from ._dlpack import HostTensor
 from ._lib import DLTensor, i32_arg, lib
-from .errors import (
-    InvalidArgumentError,
-    OutOfRangeError,
-    SymbolNotFoundError,
-    UnsupportedError,
-    check,
-)
+from .errors import InvalidArgumentError, OutOfRangeError, SymbolNotFoundError, check
 
 __all__ = [
     "BACKENDS",
@@ -185,62 +181,25 @@ ArrayArg = Any
 ArraysArg = Union[ArrayArg, Sequence[ArrayArg]]
 
 
-def _is_typed(value: Any) -> bool:
-    """Whether ``value`` is an ``(array, dtype)`` pair (a tuple whose second item is a dtype
-    name or a numpy dtype, not an array)."""
-    if not (isinstance(value, tuple) and len(value) == 2):
-        return False
-    marker = value[1]
-    if isinstance(marker, str):
-        return True
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(marker, np.dtype) or (isinstance(marker, type) and issubclass(marker, np.generic))
-
-
 def _is_many(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and not _is_typed(value)
+    return isinstance(value, (list, tuple)) and not _arrays.is_typed(value)
+
+
+_HINTS = _arrays.Hints(
+    contiguous="the step works in place on C-contiguous arrays",
+    read_only="the step updates it in place",
+    aligned="copy it into an aligned array (numpy.array(...))",
+)
 
 
 def _host(value: Any, what: str, writable: bool) -> Optional[HostTensor]:
     """A DLTensor view of an array argument (``None`` stays ``None``)."""
     if value is None:
         return None
-    array, dtype = value if _is_typed(value) else (value, None)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        raise TypeError(f"{what} must be a numpy array (numpy is not installed)") from None
-    if not isinstance(array, np.ndarray):
-        raise TypeError(
-            f"{what} must be a numpy.ndarray (or an (array, 'bfloat16') pair), got "
-            f"{type(array).__name__}"
-        )
-    if not array.flags.c_contiguous:
-        raise InvalidArgumentError(
-            f"{what} is not contiguous (strides {array.strides} for shape {array.shape}); the "
-            "step works in place on C-contiguous arrays"
-        )
-    if writable and not array.flags.writeable:
-        raise InvalidArgumentError(f"{what} is read-only; the step updates it in place")
-    if not array.flags.aligned:
-        # numpy allows arrays at any byte offset (np.frombuffer(..., offset=1)); the
-        # library needs each element at an address that is a multiple of its size.
-        raise InvalidArgumentError(
-            f"{what} is not aligned to its {array.dtype.itemsize}-byte elements (address "
-            f"{array.ctypes.data:#x}); copy it into an aligned array (numpy.array(...))"
-        )
-    if dtype is None and array.dtype == np.uint16:
-        raise UnsupportedError(
-            f"{what} is a uint16 array; pass (array, 'bfloat16') to use its elements as "
-            "bfloat16 bits"
-        )
-    try:
-        return HostTensor(array, dtype=dtype, writable=writable, what=what)
-    except ValueError as e:  # a dtype marker of another element size
-        raise InvalidArgumentError(str(e)) from None
+    array, dtype = _arrays.split(value, what)
+    _arrays.check_in_place(array, what, writable, _HINTS)
+    _arrays.refuse_bare_uint16(array, dtype, what)
+    return _arrays.host_view(array, dtype, what, writable)
 
 
 def _as_lists(names: Sequence[str], values: Sequence[Any]) -> Tuple[int, List[List[Any]]]:
@@ -300,15 +259,6 @@ def _float(value: Any, what: str) -> float:
     return float(value)
 
 
-def _flag(value: Any, what: str) -> int:
-    """A 0/1 flag: ``bool``, or an ``int`` passed as it is (the library refuses others)."""
-    if isinstance(value, bool):
-        return int(value)
-    if hasattr(value, "__index__"):
-        return i32_arg(value, what)
-    raise TypeError(f"{what} must be a bool, got {type(value).__name__}")
-
-
 def _betas(betas: Any) -> Tuple[float, float]:
     try:
         b1, b2 = betas
@@ -318,25 +268,14 @@ def _betas(betas: Any) -> Tuple[float, float]:
 
 
 def _step(value: Any) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"step must be an integer, got {type(value).__name__}")
-    v = int(value.__index__())
+    v = _arrays.integer(value, "step")
     if not -(1 << 63) <= v < (1 << 63):
         raise OutOfRangeError(f"step must fit in int64, got {v}")
     return v
 
 
 def _backend(value: Any) -> int:
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key not in BACKENDS:
-            raise ValueError(
-                f"unknown backend {value!r}; use one of {', '.join(repr(k) for k in BACKENDS)}"
-            )
-        return BACKENDS[key]
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"backend must be a name ({', '.join(BACKENDS)}) or an int")
-    return i32_arg(value, "backend")
+    return _arrays.named(value, BACKENDS, "backend")
 
 
 # --------------------------------------------------------------------------------------

@@ -83,10 +83,15 @@ import ctypes
 from ctypes import Structure, c_int32, c_uint64
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+from . import _arrays
+from ._arrays import flag as _flag
+from ._arrays import integer as _int
+from ._arrays import is_typed as _is_typed
+from ._arrays import named as _named
 from ._dlpack import HostTensor
 from ._dtypes import dtype_name, to_numpy
 from ._lib import i32_arg, lib, u64_arg
-from .errors import InvalidArgumentError, UnsupportedError, check
+from .errors import InvalidArgumentError, check
 
 __all__ = [
     "BACKENDS",
@@ -134,34 +139,6 @@ assert _QuantizeConfig.num_threads.offset == 40 and _QuantizeConfig.backend.offs
 # Arguments.
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} must be an integer, got {type(value).__name__}")
-    return int(value.__index__())
-
-
-def _flag(value: Any, what: str) -> int:
-    """A 0/1 flag: ``bool``, or an ``int`` passed as it is (the library refuses others)."""
-    if isinstance(value, bool):
-        return int(value)
-    if hasattr(value, "__index__"):
-        return i32_arg(value, what)
-    raise TypeError(f"{what} must be a bool, got {type(value).__name__}")
-
-
-def _named(value: Any, table: Dict[str, int], what: str) -> int:
-    if isinstance(value, str):
-        key = value.strip().lower()
-        if key not in table:
-            raise ValueError(
-                f"unknown {what} {value!r}; use one of {', '.join(repr(k) for k in table)}"
-            )
-        return table[key]
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} must be a name ({', '.join(table)}) or an int")
-    return i32_arg(value, what)
-
-
 def _config(bits: Any, symmetric: Any, group_size: Any, rounding: Any = "nearest",
             seed: Any = 0, offset: Any = 0, num_threads: Any = 0,
             backend: Any = "auto") -> _QuantizeConfig:
@@ -177,40 +154,11 @@ def _config(bits: Any, symmetric: Any, group_size: Any, rounding: Any = "nearest
     )
 
 
-def _is_typed(value: Any) -> bool:
-    """Whether ``value`` is an ``(array, dtype)`` pair."""
-    if not (isinstance(value, tuple) and len(value) == 2):
-        return False
-    import numpy as np
-
-    marker = value[1]
-    return isinstance(marker, (str, np.dtype)) or (
-        isinstance(marker, type) and issubclass(marker, np.generic))
-
-
 def _split(value: Any, what: str) -> Tuple[Any, Any]:
     """``(array, dtype marker or None)`` of an array argument."""
-    import numpy as np
-
-    array, marker = value if _is_typed(value) else (value, None)
-    if not isinstance(array, np.ndarray):
-        raise TypeError(
-            f"{what} must be a numpy.ndarray (or an (array, 'bfloat16') pair), got "
-            f"{type(array).__name__}"
-        )
-    if marker is None and array.dtype == np.uint16:
-        raise UnsupportedError(
-            f"{what} is a uint16 array; pass (array, 'bfloat16') to use its elements as "
-            "bfloat16 bits"
-        )
+    array, marker = _arrays.split(value, what)
+    _arrays.refuse_bare_uint16(array, marker, what)
     return array, marker
-
-
-def _view(array: Any, marker: Any, what: str, writable: bool) -> HostTensor:
-    try:
-        return HostTensor(array, dtype=marker, writable=writable, what=what)
-    except ValueError as e:  # a dtype marker of another element size
-        raise InvalidArgumentError(str(e)) from None
 
 
 def _input(value: Any, what: str) -> HostTensor:
@@ -218,25 +166,21 @@ def _input(value: Any, what: str) -> HostTensor:
     array, marker = _split(value, what)
     if not (array.flags.c_contiguous and array.flags.aligned):
         array = array.copy(order="C")
-    return _view(array, marker, what, writable=False)
+    return _arrays.host_view(array, marker, what, writable=False)
+
+
+_HINTS = _arrays.Hints(
+    contiguous="results are written in place into C-contiguous arrays",
+    read_only="results are written into it",
+    aligned="use an aligned array (numpy.empty(...))",
+)
 
 
 def _output(value: Any, what: str) -> HostTensor:
     """A DLTensor view of an array the call writes into (checked, never copied)."""
     array, marker = _split(value, what)
-    if not array.flags.c_contiguous:
-        raise InvalidArgumentError(
-            f"argument {what} is not contiguous (strides {array.strides} for shape "
-            f"{array.shape}); results are written in place into C-contiguous arrays"
-        )
-    if not array.flags.writeable:
-        raise InvalidArgumentError(f"argument {what} is read-only; results are written into it")
-    if not array.flags.aligned:
-        raise InvalidArgumentError(
-            f"argument {what} is not aligned to its {array.dtype.itemsize}-byte elements "
-            f"(address {array.ctypes.data:#x}); use an aligned array (numpy.empty(...))"
-        )
-    return _view(array, marker, what, writable=True)
+    _arrays.check_in_place(array, f"argument {what}", True, _HINTS)
+    return _arrays.host_view(array, marker, what, writable=True)
 
 
 def _ref(view: Optional[HostTensor]) -> Any:
