@@ -69,7 +69,13 @@ def dtype_name(dtype: Any) -> str:
             f"unknown dtype {dtype!r}; valid names: {', '.join(DTYPES)} (and aliases "
             "fp16, half, bf16, fp32, float, fp64, double, i8..u64)"
         )
-    # A numpy dtype, scalar type, or anything numpy.dtype() accepts.
+    # A numpy dtype, scalar type, or anything numpy.dtype() accepts. Known ones are
+    # remembered: this runs for every array of every call (an optimizer step over a model's
+    # parameters makes thousands), and numpy's dtype naming is slow.
+    try:
+        return _NUMPY_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is optional
@@ -79,10 +85,18 @@ def dtype_name(dtype: Any) -> str:
     except TypeError:
         raise TypeError(f"not a dtype: {dtype!r}") from None
     if nd.name == "bfloat16":  # ml_dtypes' bfloat16, if installed
-        return "bfloat16"
-    if nd.name in DTYPES and nd.isnative:
-        return nd.name
-    raise ValueError(f"numpy dtype {nd} has no deepspeed_rs equivalent")
+        name = "bfloat16"
+    elif nd.name in DTYPES and nd.isnative:
+        name = nd.name
+    else:
+        raise ValueError(f"numpy dtype {nd} has no deepspeed_rs equivalent")
+    if isinstance(dtype, (np.dtype, type)):
+        _NUMPY_NAMES[dtype] = name
+    return name
+
+
+# numpy dtypes and scalar types already named by dtype_name (a handful at most).
+_NUMPY_NAMES: dict = {}
 
 
 def to_dl(dtype: Any) -> DLDataType:
