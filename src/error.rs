@@ -227,3 +227,15 @@ impl Error {
         }
     }
 }
+
+/// An error's message with the messages of its sources, `outer: inner: ...` (libloading's
+/// own message is only "dlopen failed"; dlerror's reason is its source).
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut why = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    why
+}

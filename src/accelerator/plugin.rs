@@ -363,14 +363,10 @@ fn open(path: &Path) -> Result<Plugin> {
     let p = path.display();
     // SAFETY: loading a library runs its initialisers; loading a plugin is trusting it.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
-        // libloading's Display says only "dlopen failed"; the reason is its source.
-        let mut why = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            why = format!("{why}: {s}");
-            source = s.source();
-        }
-        plugin_error(format!("cannot load accelerator plugin {p}: {why}"))
+        plugin_error(format!(
+            "cannot load accelerator plugin {p}: {}",
+            crate::error::with_sources(&e)
+        ))
     })?;
     // SAFETY: the entry's signature is fixed by the plugin ABI.
     let entry: EntryFn = unsafe { lib.get::<EntryFn>(DSRS_ACCELERATOR_PLUGIN_ENTRY.as_bytes()) }

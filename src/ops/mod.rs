@@ -27,6 +27,7 @@ pub mod compiler;
 mod jit;
 pub(crate) mod kernels;
 pub mod nvrtc;
+mod nvrtc_lib;
 pub mod optim;
 mod prebuilt;
 mod progress;

@@ -1,12 +1,14 @@
-//! The CUDA JIT: NVRTC (through cudarc, loaded at run time) compiles an op's `.cu` source to
-//! CUBIN (`sm_XY`) or PTX (`compute_XY`) — no nvcc, no toolkit, no ninja. `nvcc` is used
-//! instead when asked (`DSRS_USE_NVCC=1`, or the `nvcc` build option).
+//! The CUDA JIT: NVRTC (loaded at run time) compiles an op's `.cu` source to CUBIN
+//! (`sm_XY`) or PTX (`compute_XY`) — no nvcc, no toolkit, no ninja. `nvcc` is used instead
+//! when asked (`DSRS_USE_NVCC=1`, or the `nvcc` build option). Modules are loaded into a
+//! device's context through cudarc's driver API.
 //!
-//! NVRTC is found by cudarc's library names (`libnvrtc.so`, `.so.13`, `.so.12`, ... on the
-//! loader path). `DSRS_NVRTC_LIB=/abs/path/libnvrtc.so.12` preloads a specific one — for
-//! example the `nvidia-cuda-nvrtc-cu12` wheel's — and `$CUDA_HOME/lib64` and
-//! `/usr/local/cuda/lib64` are searched too. A missing NVRTC is an error that says so, never
-//! a panic.
+//! NVRTC is loaded by us (`nvrtc_lib`), not by cudarc, whose loader only knows the library
+//! names of the CUDA version it was built for. `DSRS_NVRTC_LIB=/abs/path/libnvrtc.so.*`
+//! names the file — for example the `nvidia-cuda-nvrtc-cu12` wheel's, or a CUDA 13
+//! toolkit's `libnvrtc.so.13`; otherwise `$CUDA_HOME/lib64` and `/usr/local/cuda/lib64` are
+//! searched for `libnvrtc.so`, `.so.13`, `.so.12`, `.so.11`, then those names on the loader
+//! path. A missing NVRTC is an error that lists what was tried, never a panic.
 //!
 //! Kernels compile with one include path, the work directory's `include/`, where the op's
 //! `spec.headers` are written (e.g. `dsrs_mt_apply.cuh`, shared by the `fused_*` optimizer
@@ -23,6 +25,7 @@ use parking_lot::Mutex;
 
 use super::cache::{self, Cache, Manifest};
 use super::jit::{hash_spec, obtain, run_build, write_sources};
+use super::nvrtc_lib;
 use super::progress::Progress;
 use super::spec::OpSpec;
 use super::{BuildEnv, Code, Hasher, LoadedOp, OP_ABI_VERSION, OpBuilder};
@@ -33,7 +36,7 @@ use crate::error::{Error, Result};
 pub struct NvrtcInfo {
     /// `(major, minor)` from `nvrtcVersion`.
     pub version: (i32, i32),
-    /// The preloaded library, when one was (else found by name on the loader path).
+    /// The library loaded: a path, or the name the loader resolved on its path.
     pub library: Option<PathBuf>,
     /// The real architectures it can target (`nvrtcGetSupportedArchs`), e.g. `[75, 80, 90]`.
     pub archs: Vec<i32>,
@@ -79,7 +82,7 @@ pub fn parse_arch(arch: &str) -> Result<((u32, u32), ArchOutput)> {
     ))
 }
 
-fn preload_candidates() -> Vec<PathBuf> {
+fn candidates() -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Some(p) = std::env::var_os("DSRS_NVRTC_LIB").filter(|p| !p.is_empty()) {
         v.push(PathBuf::from(p));
@@ -90,74 +93,59 @@ fn preload_candidates() -> Vec<PathBuf> {
         dirs.push(PathBuf::from(h).join("lib64"));
     }
     dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    const NAMES: [&str; 4] = [
+        "libnvrtc.so",
+        "libnvrtc.so.13",
+        "libnvrtc.so.12",
+        "libnvrtc.so.11",
+    ];
     for d in dirs {
-        for name in ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"] {
+        for name in NAMES {
             let p = d.join(name);
             if p.exists() {
                 v.push(p);
             }
         }
     }
+    // Then by name, on the loader path (LD_LIBRARY_PATH, the ld.so cache).
+    v.extend(NAMES.iter().map(PathBuf::from));
     v
 }
 
-fn find() -> std::result::Result<NvrtcInfo, String> {
-    let mut library = None;
-    let explicit = std::env::var_os("DSRS_NVRTC_LIB").is_some_and(|p| !p.is_empty());
-    for p in preload_candidates() {
-        // Loading by absolute path first makes cudarc's later dlopen by SONAME find it.
-        // SAFETY: NVRTC's initializers are benign; the handle is kept for the process.
-        match unsafe {
-            libloading::os::unix::Library::open(
-                Some(&p),
-                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-            )
-        } {
-            Ok(lib) => {
-                std::mem::forget(lib);
-                library = Some(p);
-                break;
-            }
-            Err(e) if explicit => {
-                return Err(format!(
-                    "DSRS_NVRTC_LIB=\"{}\" could not be loaded: {e}",
-                    p.display()
-                ));
-            }
-            Err(_) => {}
-        }
-    }
-    // SAFETY: only tries to dlopen the candidate names.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("libnvrtc.so was not found on the loader path; install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc-cu12`, and point DSRS_NVRTC_LIB at its libnvrtc.so.*".into());
-    }
-    std::panic::catch_unwind(|| {
-        let (mut major, mut minor) = (0, 0);
-        // SAFETY: out-params are valid.
-        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
-            .result()
-            .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
-        let mut n = 0;
-        let mut archs = Vec::new();
-        // SAFETY: n is written, then archs has room for n entries.
-        unsafe {
-            if cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut n)
-                .result()
-                .is_ok()
-                && n > 0
-            {
-                archs = vec![0; n as usize];
-                let _ = cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr());
+/// The loaded NVRTC library (memoized for the process).
+fn lib() -> std::result::Result<&'static nvrtc_lib::Lib, String> {
+    static LIB: OnceLock<std::result::Result<nvrtc_lib::Lib, String>> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let explicit = std::env::var_os("DSRS_NVRTC_LIB").is_some_and(|p| !p.is_empty());
+        let mut tried = Vec::new();
+        for p in candidates() {
+            match nvrtc_lib::Lib::open(&p) {
+                Ok(l) => return Ok(l),
+                Err(e) if explicit => {
+                    return Err(format!(
+                        "DSRS_NVRTC_LIB=\"{}\" could not be loaded: {e}",
+                        p.display()
+                    ));
+                }
+                Err(e) => tried.push(format!("{}: {e}", p.display())),
             }
         }
-        Ok(NvrtcInfo {
-            version: (major, minor),
-            library: library.clone(),
-            archs,
-        })
+        Err(format!(
+            "libnvrtc.so was not found (tried: {}); install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc-cu12`, and point DSRS_NVRTC_LIB at its libnvrtc.so.*",
+            tried.join("; ")
+        ))
     })
-    .unwrap_or_else(|_| {
-        Err("NVRTC could not be loaded (cudarc panicked while resolving it)".into())
+    .as_ref()
+    .map_err(|e| e.clone())
+}
+
+fn find() -> std::result::Result<NvrtcInfo, String> {
+    let l = lib()?;
+    let version = l.version()?;
+    Ok(NvrtcInfo {
+        version,
+        library: Some(l.path.clone()),
+        archs: l.supported_archs(),
     })
 }
 
@@ -318,45 +306,15 @@ pub fn compile(spec: &OpSpec, arch: &str, work_dir: &Path) -> Result<(Vec<u8>, S
         ))
     })?;
     let name = CString::new(source.path.as_bytes()).unwrap_or_default();
-    let run = || -> std::result::Result<(Vec<u8>, String), String> {
-        use cudarc::nvrtc::{result, sys};
-        let prog = result::create_program(&src, Some(&name)).map_err(|e| format!("{e:?}"))?;
-        // SAFETY: prog is live until destroy_program below.
-        let compiled = unsafe { result::compile_program(prog, &options) };
-        let log = unsafe { result::get_program_log(prog) }
-            .map(|l| {
-                let bytes: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
-            .unwrap_or_default();
-        let image = match compiled {
-            Err(e) => Err(format!("{e:?}\n{log}")),
-            Ok(()) => match output {
-                ArchOutput::Ptx => unsafe { result::get_ptx(prog) }
-                    .map(|p| p.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect())
-                    .map_err(|e| format!("{e:?}")),
-                ArchOutput::Cubin => {
-                    let mut size = 0usize;
-                    // SAFETY: size is written; the buffer then has room for it.
-                    unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
-                        .result()
-                        .map_err(|e| format!("{e:?}"))
-                        .and_then(|()| {
-                            let mut buf = vec![0u8; size];
-                            unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }
-                                .result()
-                                .map_err(|e| format!("{e:?}"))
-                                .map(|()| buf)
-                        })
-                }
-            },
-        };
-        // SAFETY: prog is live.
-        let _ = unsafe { result::destroy_program(prog) };
-        image.map(|i| (i, log))
-    };
-    let result = std::panic::catch_unwind(run)
-        .map_err(|_| Error::Internal("cudarc panicked inside NVRTC".into()))?;
+    let copts: Vec<CString> = options
+        .iter()
+        .map(|o| CString::new(o.as_bytes()).unwrap_or_default())
+        .collect();
+    let lib = lib().map_err(|e| Error::unavailable("NVRTC", e))?;
+    let (image, log) = lib.compile(&src, &name, &copts, output == ArchOutput::Ptx);
+    let result = image
+        .map(|i| (i, log.clone()))
+        .map_err(|e| format!("{e}\n{log}"));
     result.map_err(|log| {
         Error::BuildFailed(format!(
             "NVRTC could not compile op '{}' ({}) for {arch}\n  options: {}\n  log:\n{}",
