@@ -38,6 +38,7 @@
 pub mod accelerator;
 pub mod dlpack;
 pub mod dtype;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod log;
