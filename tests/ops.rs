@@ -266,7 +266,12 @@ fn prebuilt_cpu_adam_is_used_when_compiled_in() {
 }
 
 fn check_adam(step: AdamStep, sizes: &[usize]) {
-    let mut rng = Rng(0x9e37_79b9 ^ rand_u64());
+    // The seed is in every failure message, so a failure can be replayed (DSRS_TEST_SEED).
+    let seed = std::env::var("DSRS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| 0x9e37_79b9 ^ rand_u64());
+    let mut rng = Rng(seed);
     for &n in sizes {
         for adamw in [1, 0] {
             let mut p: Vec<f32> = (0..n).map(|_| rng.next() as f32).collect();
@@ -317,7 +322,7 @@ fn check_adam(step: AdamStep, sizes: &[usize]) {
                 worst = worst.max(err / tol);
                 assert!(
                     err <= tol,
-                    "n={n} adamw={adamw} i={i}: {} vs {} (err {err:e})",
+                    "seed={seed} n={n} adamw={adamw} i={i}: {} vs {} (err {err:e})",
                     p[i],
                     p64[i]
                 );
