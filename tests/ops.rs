@@ -276,6 +276,7 @@ fn check_adam(step: AdamStep, sizes: &[usize]) {
         for adamw in [1, 0] {
             let mut p: Vec<f32> = (0..n).map(|_| rng.next() as f32).collect();
             let p0 = p.clone();
+            let mut ill = vec![false; n];
             let mut m = vec![0f32; n];
             let mut v = vec![0f32; n];
             let (mut p64, mut m64, mut v64): (Vec<f64>, Vec<f64>, Vec<f64>) = (
@@ -309,13 +310,32 @@ fn check_adam(step: AdamStep, sizes: &[usize]) {
                     )
                 };
                 assert_eq!(rc, 0);
+                // With L2 decay the gradient is g / scale + wd * p, computed in float by the
+                // kernel: where the two terms nearly cancel, its relative rounding error is
+                // large, and near eps the update amplifies it. Such elements measure the
+                // problem's conditioning, not the kernel; they are left out of the float64
+                // comparison below (their bits are checked against an exact float mirror in
+                // tests/optim_cpu.rs).
+                if adamw == 0 {
+                    for i in 0..n {
+                        let (a, b) = (g64[i] / 2.0, 0.01 * p64[i]);
+                        if (a + b).abs() < 1e-2 * (a.abs() + b.abs()) {
+                            ill[i] = true;
+                        }
+                    }
+                }
                 adam_reference(&mut p64, &g64, &mut m64, &mut v64, &c);
             }
+            let skipped = ill.iter().filter(|&&x| x).count();
+            assert!(
+                skipped <= n / 100 + 1,
+                "seed={seed}: {skipped} of {n} elements ill-conditioned"
+            );
             // fp32 storage rounds every step: allow 8 ulps of the largest magnitude the value
             // can have had on the way — its endpoints plus the most 5 Adam updates can move it
             // (|m̂/√v̂| ≤ (1-β1)/√(1-β2) ≈ 3.2, so 5 × 3.2 × lr).
             let mut worst = 0f64;
-            for i in 0..n {
+            for i in (0..n).filter(|&i| !ill[i]) {
                 let scale = p64[i].abs().max(p0[i].abs() as f64) + 16.0 * 1e-3;
                 let tol = 8.0 * f32::EPSILON as f64 * scale;
                 let err = (p[i] as f64 - p64[i]).abs();
