@@ -85,7 +85,7 @@ pub enum Schedule {
         warmup_min_lr: f64,
         /// `warmup_max_lr`; `None` (the default, or JSON `null`) means the optimizer's lr.
         warmup_max_lr: Option<f64>,
-        /// `warmup_num_steps`, a positive integer, default 1000.
+        /// `warmup_num_steps`, a non-negative integer (`max(2, n)` is used), default 1000.
         warmup_num_steps: u64,
         /// `warmup_type`, default `"log"`.
         warmup_type: WarmupType,
@@ -102,7 +102,7 @@ pub enum Schedule {
         warmup_min_lr: f64,
         /// `warmup_max_lr`, default 0.001; JSON `null` (`None`) means the optimizer's lr.
         warmup_max_lr: Option<f64>,
-        /// `warmup_num_steps`, a positive integer, default 1000.
+        /// `warmup_num_steps`, a non-negative integer (`max(2, n)` is used), default 1000.
         warmup_num_steps: u64,
         /// `warmup_type`, default `"log"`.
         warmup_type: WarmupType,
@@ -119,7 +119,7 @@ pub enum Schedule {
         total_num_steps: u64,
         /// `warmup_min_ratio`, default 0.0.
         warmup_min_ratio: f64,
-        /// `warmup_num_steps`, a positive integer, default 1000.
+        /// `warmup_num_steps`, a non-negative integer (`max(2, n)` is used), default 1000.
         warmup_num_steps: u64,
         /// `cos_min_ratio`, default 0.0001.
         cos_min_ratio: f64,
@@ -300,7 +300,12 @@ impl Params<'_> {
         match self.map.get(key) {
             None => Ok(default),
             Some(Value::Null) if null_ok => Ok(None),
-            Some(v) => match v.as_i64() {
+            // Integral floats (`1e3`) count as integers, as in Python.
+            Some(v) => match v.as_i64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            }) {
                 Some(n) if min.is_none_or(|m| n >= m) => Ok(Some(n)),
                 _ => Err(Self::bad(key, expected, v)),
             },
@@ -400,20 +405,20 @@ impl Schedule {
             "WarmupLR" => Schedule::WarmupLR {
                 warmup_min_lr: p.f64_or("warmup_min_lr", 0.0)?,
                 warmup_max_lr: p.opt_f64("warmup_max_lr", None, true)?,
-                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 1)?,
+                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 0)?,
                 warmup_type: p.warmup_type()?,
             },
             "WarmupDecayLR" => Schedule::WarmupDecayLR {
                 total_num_steps: p.required_uint("total_num_steps", kind)?,
                 warmup_min_lr: p.f64_or("warmup_min_lr", 0.0)?,
                 warmup_max_lr: p.opt_f64("warmup_max_lr", Some(0.001), true)?,
-                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 1)?,
+                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 0)?,
                 warmup_type: p.warmup_type()?,
             },
             "WarmupCosineLR" => Schedule::WarmupCosineLR {
                 total_num_steps: p.required_uint("total_num_steps", kind)?,
                 warmup_min_ratio: p.f64_or("warmup_min_ratio", 0.0)?,
-                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 1)?,
+                warmup_num_steps: p.uint_or("warmup_num_steps", 1000, 0)?,
                 cos_min_ratio: p.f64_or("cos_min_ratio", 0.0001)?,
                 warmup_type: p.warmup_type()?,
             },
@@ -1226,15 +1231,29 @@ mod tests {
         );
         assert_eq!(
             err(json!({"type": "WarmupLR", "params": {"warmup_num_steps": -3}})),
-            "scheduler.params.warmup_num_steps: expected a positive integer, got -3"
+            "scheduler.params.warmup_num_steps: expected a non-negative integer, got -3"
+        );
+        // DeepSpeed takes max(2, n): 0 is accepted, and so are integral floats.
+        let s = Schedule::from_json(
+            &json!({"type": "WarmupLR", "params": {"warmup_num_steps": 0, "warmup_max_lr": 0.1}}),
+        )
+        .unwrap();
+        // N = max(2, 0) = 2: log warmup reaches the peak at t = 1.
+        assert_eq!(s.lr_at(0, 0.1), 0.0);
+        assert_eq!(s.lr_at(1, 0.1), 0.1);
+        assert!(
+            Schedule::from_json(
+                &json!({"type": "WarmupDecayLR", "params": {"total_num_steps": 1e5}})
+            )
+            .is_ok()
         );
         assert_eq!(
-            err(json!({"type": "WarmupLR", "params": {"warmup_num_steps": 0}})),
-            "scheduler.params.warmup_num_steps: expected a positive integer, got 0"
+            err(json!({"type": "WarmupDecayLR", "params": {"total_num_steps": 1.5}})),
+            "scheduler.params.total_num_steps: expected a non-negative integer, got 1.5"
         );
         assert_eq!(
             err(json!({"type": "WarmupLR", "params": {"warmup_num_steps": 10.5}})),
-            "scheduler.params.warmup_num_steps: expected a positive integer, got 10.5"
+            "scheduler.params.warmup_num_steps: expected a non-negative integer, got 10.5"
         );
         assert_eq!(
             err(json!({"type": "WarmupLR", "params": {"warmup_max_lr": "auto"}})),
