@@ -193,3 +193,151 @@ fn cuda_driver_without_devices_is_a_clean_unavailable() {
             .contains("cuda unavailable: the CUDA driver loaded but reports no usable device")
     );
 }
+
+fn ds_config(name: &str) -> String {
+    format!("{}/tests/data/ds_config/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn config_check_passes_the_valid_samples() {
+    for (name, world) in [
+        ("cifar10_fp16.json", "1"),
+        ("bert_lamb.json", "64"),
+        ("zero2_legacy_names.json", "2"),
+    ] {
+        let o = dsrs(
+            &["config", "check", &ds_config(name), "--world-size", world],
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert!(v["train_batch_size"].as_u64().unwrap() > 0, "{name}");
+        assert!(v["zero_optimization"]["stage"].is_u64(), "{name}");
+        let err = text(&o.stderr);
+        assert!(
+            err.lines().all(|l| l.starts_with("warning: ")),
+            "{name}: {err}"
+        );
+    }
+    let o = dsrs(
+        &[
+            "config",
+            "check",
+            &ds_config("zero2_legacy_names.json"),
+            "--world-size",
+            "2",
+        ],
+        &[],
+    );
+    assert!(text(&o.stderr).contains(
+        "warning: train_micro_batch_size: unknown key, ignored as DeepSpeed ignores it; did you mean train_micro_batch_size_per_gpu?"
+    ));
+}
+
+#[test]
+fn config_check_reports_every_error_and_exits_1() {
+    let o = dsrs(&["config", "check", &ds_config("invalid_many.json")], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let err = text(&o.stderr);
+    assert!(err.contains("error: <top>: Check batch related parameters. train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size 8 != 2 * 1 * 1\n"), "{err}");
+    assert!(err.contains("error: pipeline: deepspeed_rs does not support pipeline parallelism yet; remove the \"pipeline\" section\n"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error: ")).count(),
+        10,
+        "{err}"
+    );
+    assert!(err.ends_with("invalid_many.json: 10 error(s)\n"), "{err}");
+
+    let o = dsrs(
+        &[
+            "config",
+            "check",
+            &ds_config("hf_zero3_auto.json"),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 15);
+    assert_eq!(v["errors"][0]["path"], "fp16.enabled");
+    assert!(v["config"].is_null());
+}
+
+#[test]
+fn config_fill_auto_then_check() {
+    let dir = std::env::temp_dir().join(format!("dsrs-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = dsrs(
+        &[
+            "config",
+            "fill-auto",
+            &ds_config("hf_zero3_auto.json"),
+            "fp16.enabled=false",
+            "gradient_accumulation_steps=1",
+            "gradient_clipping=1.0",
+            "optimizer.params.betas=[0.9,0.999]",
+            "optimizer.params.eps=1e-8",
+            "optimizer.params.lr=3e-5",
+            "optimizer.params.weight_decay=0",
+            "scheduler.params.warmup_min_lr=0",
+            "scheduler.params.warmup_max_lr=3e-5",
+            "scheduler.params.warmup_num_steps=10",
+            "train_batch_size=8",
+            "train_micro_batch_size_per_gpu=8",
+            "zero_optimization.reduce_bucket_size=1048576",
+            "zero_optimization.stage3_prefetch_bucket_size=943718",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stderr),
+        "warning: zero_optimization.stage3_param_persistence_threshold: still \"auto\"\n"
+    );
+    let filled = dir.join("filled.json");
+    std::fs::write(&filled, &o.stdout).unwrap();
+    let o = dsrs(&["config", "check", filled.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains(
+        "error: zero_optimization.stage3_param_persistence_threshold: \"auto\" must be resolved"
+    ));
+    let o = dsrs(
+        &[
+            "config",
+            "fill-auto",
+            &ds_config("hf_zero3_auto.json"),
+            "train_batch_size=8",
+            "train_batch_size=8",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        "error: train_batch_size: holds 8, not \"auto\"; only \"auto\" values are filled in\n"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn config_usage_errors_exit_2() {
+    for args in [
+        &["config"][..],
+        &["config", "lint"],
+        &["config", "check"],
+        &["config", "check", "/nonexistent/ds_config.json"],
+        &["config", "check", "x.json", "--world-size", "0"],
+        &["config", "check", "x.json", "--verbose"],
+        &["config", "fill-auto", "x.json", "novalue"],
+    ] {
+        let o = dsrs(args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+    }
+    let o = dsrs(&["config", "check", "/nonexistent/ds_config.json"], &[]);
+    assert!(
+        text(&o.stderr).starts_with("dsrs config check: cannot read /nonexistent/ds_config.json: ")
+    );
+}

@@ -5,11 +5,14 @@
 //!                                   CPU, CUDA, the op table and the build environment)
 //! dsrs build [OP...] [options]      build ops into the cache (all built-in ops by default)
 //! dsrs cache list|verify|clean      manage the op cache
+//! dsrs config check FILE            validate a ds_config and print it resolved
+//! dsrs config fill-auto FILE P=V... replace "auto" values
 //! dsrs --version                    the version
 //! ```
 //! Exit status: 0 on success; 1 when the report could not select an accelerator (for
 //! example `DSRS_ACCELERATOR=bogus`), an op asked for failed to build, or the cache failed
-//! verification; 2 for a usage error.
+//! verification, or `config check` found errors in the config; 2 for a usage error (or a
+//! config file that cannot be read).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -40,6 +43,16 @@ commands:
   cache clean [--all]
                     remove failed and unusable builds and leftovers of dead builders
                     (--all: everything)
+  config check FILE [--world-size N] [--json]
+                    validate a DeepSpeed ds_config (comments and trailing commas are
+                    accepted): warnings and errors on standard error as
+                    `warning|error: <json path>: <message>`, then the resolved config
+                    (every default filled in) as JSON on standard output; exit 1 on errors
+      --world-size N  the data-parallel world size of the batch rule (default 1)
+      --json          one JSON object with ok, errors, warnings and config instead
+  config fill-auto FILE PATH=VALUE...
+                    replace \"auto\" values (PATH dotted, [i] for array elements; VALUE is
+                    JSON, or else a string) and print the document
   help              show this help
 
 options:
@@ -73,6 +86,7 @@ fn main() -> ExitCode {
         ["report", rest @ ..] => report(rest),
         ["build", rest @ ..] => build(rest),
         ["cache", rest @ ..] => cache(rest),
+        ["config", rest @ ..] => config(rest),
         [other, ..] => {
             eprintln!("dsrs: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
@@ -428,5 +442,137 @@ fn cache(args: &[&str]) -> ExitCode {
             "cache",
             &format!("unknown subcommand {other:?} (expected list, verify or clean)"),
         ),
+    }
+}
+
+fn config(args: &[&str]) -> ExitCode {
+    use deepspeed_rs::engine::config::{self, DsConfig, ParseOptions};
+
+    let (sub, rest) = match args.split_first() {
+        Some((s, r)) => (*s, r),
+        None => return usage_error("config", "expected check or fill-auto"),
+    };
+    if matches!(sub, "-h" | "--help") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if sub != "check" && sub != "fill-auto" {
+        return usage_error(
+            "config",
+            &format!("unknown subcommand {sub:?} (expected check or fill-auto)"),
+        );
+    }
+    let mut file = None;
+    let mut json_out = false;
+    let mut world_size = 1u64;
+    let mut fills = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--json" if sub == "check" => json_out = true,
+            "--world-size" if sub == "check" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) if n >= 1 => world_size = n,
+                _ => return usage_error("config check", "--world-size needs a positive integer"),
+            },
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            o if o.starts_with("--") => {
+                return usage_error(&format!("config {sub}"), &format!("unknown option {o:?}"));
+            }
+            f if file.is_none() => file = Some(f),
+            fill if sub == "fill-auto" => match fill.split_once('=') {
+                Some((path, value)) => fills.push((path, value)),
+                None => {
+                    return usage_error(
+                        "config fill-auto",
+                        &format!("expected PATH=VALUE, got {fill:?}"),
+                    );
+                }
+            },
+            extra => {
+                return usage_error(
+                    &format!("config {sub}"),
+                    &format!("unexpected argument {extra:?} (one FILE)"),
+                );
+            }
+        }
+    }
+    let Some(file) = file else {
+        return usage_error(&format!("config {sub}"), "expected a config FILE");
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dsrs config {sub}: cannot read {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let doc = config::read_lenient_json(&text, file);
+    if sub == "fill-auto" {
+        let mut doc = match doc {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: <top>: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        for (path, value) in fills {
+            let v = serde_json::from_str(value).unwrap_or_else(|_| json!(value));
+            if let Err(e) = config::fill_auto(&mut doc, path, v) {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        for p in config::auto_paths(&doc) {
+            eprintln!("warning: {p}: still \"auto\"");
+        }
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let checked = match doc {
+        Ok(doc) => DsConfig::check(&doc, &ParseOptions { world_size }),
+        Err(e) => config::Checked {
+            config: None,
+            errors: vec![config::Diagnostic {
+                path: "<top>".into(),
+                message: e.to_string(),
+            }],
+            warnings: Vec::new(),
+        },
+    };
+    let ok = checked.errors.is_empty();
+    if json_out {
+        let v = json!({
+            "ok": ok,
+            "errors": checked.errors,
+            "warnings": checked.warnings,
+            "config": checked.config.as_ref().map(DsConfig::to_json),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for w in &checked.warnings {
+            eprintln!("warning: {}: {}", w.path, w.message);
+        }
+        for e in &checked.errors {
+            eprintln!("error: {}: {}", e.path, e.message);
+        }
+        if let Some(c) = &checked.config {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.to_json()).unwrap_or_default()
+            );
+        } else {
+            eprintln!(
+                "dsrs config check: {file}: {} error(s)",
+                checked.errors.len()
+            );
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
