@@ -345,6 +345,13 @@ typedef struct dsrs_accelerator dsrs_accelerator;
 typedef struct dsrs_buffer dsrs_buffer;
 
 /**
+ * A training engine (DeepSpeed's engine for one process), from `dsrs_engine_new`; freed
+ * with `dsrs_engine_free`. Calls on one engine are serialised; views it hands out are
+ * plain memory the host must not use during `dsrs_engine_step`. Thread-safe.
+ */
+typedef struct dsrs_engine dsrs_engine;
+
+/**
  * An event of an accelerator; freed with `dsrs_event_free`. Thread-safe.
  */
 typedef struct dsrs_event dsrs_event;
@@ -391,6 +398,55 @@ typedef void (*dsrs_log_callback)(void *user_data,
                                   dsrs_log_level level,
                                   const char *target,
                                   const char *message);
+
+/**
+ * What one `dsrs_engine_step` did.
+ */
+typedef struct dsrs_step_record {
+  /**
+   * Optimizer steps so far, applied and skipped (DeepSpeed's `global_steps`), after
+   * this call.
+   */
+  uint64_t global_step;
+  /**
+   * Micro steps so far, after this call.
+   */
+  uint64_t micro_step;
+  /**
+   * Skipped optimizer steps so far.
+   */
+  uint64_t skipped_steps;
+  /**
+   * 1 when this call ended a gradient-accumulation window.
+   */
+  int32_t boundary;
+  /**
+   * 1 when the optimizer step was applied (0 off the boundary and when skipped).
+   */
+  int32_t applied;
+  /**
+   * 1 when non-finite gradients were found: the step was skipped, and parameters,
+   * optimizer state and LR schedule are unchanged.
+   */
+  int32_t overflow;
+  /**
+   * Always 0.
+   */
+  int32_t reserved;
+  /**
+   * The loss scale this window's gradients carried (1 without fp16).
+   */
+  double loss_scale;
+  /**
+   * The learning rate the step used (off the boundary: the current one).
+   */
+  double lr;
+  /**
+   * Global L2 norm of the averaged, unscaled gradients before clipping; NaN when they
+   * were not finite; -1 off the boundary.
+   */
+  double grad_norm;
+} dsrs_step_record;
 
 /**
  * How an optimizer step is run (the `backend` field of the configs).
@@ -1488,6 +1544,202 @@ dsrs_status dsrs_report_json(char *buf, size_t len, size_t *needed);
  * usable afterwards.
  */
 dsrs_status dsrs_debug_panic(const char *message);
+
+/**
+ * Creates a training engine on `accel` (NULL: the current accelerator, as
+ * `dsrs_accelerator_get` selects it) from a ds_config JSON document. The document may have
+ * `//`, `#` and `/* */` comments and trailing commas (DeepSpeed's hjson reader accepts
+ * them). Every error of the document is reported at once, one `path: message` per line
+ * (DSRS_STATUS_INVALID_CONFIG); unknown top-level keys are warnings with a suggestion;
+ * `"auto"` values must be filled first (`dsrs_config_fill_auto`). The config must have an
+ * `optimizer` block. In this version the engine runs on host-memory accelerators (cpu);
+ * others give DSRS_STATUS_UNSUPPORTED. Free with `dsrs_engine_free`.
+ */
+dsrs_status dsrs_engine_new(struct dsrs_accelerator *accel,
+                            const char *config_json,
+                            struct dsrs_engine **out);
+
+/**
+ * Like `dsrs_engine_new`, reading the ds_config from the file at `path` (errors name the
+ * file).
+ */
+dsrs_status dsrs_engine_new_from_file(struct dsrs_accelerator *accel,
+                                      const char *path,
+                                      struct dsrs_engine **out);
+
+/**
+ * Frees an engine and its buffers (NULL: no-op; stale or already freed: error, logged).
+ * Views obtained from it become invalid.
+ */
+dsrs_status dsrs_engine_free(struct dsrs_engine *engine);
+
+/**
+ * Registers a parameter before `dsrs_engine_finalize`: a unique name, and its initial
+ * values as a contiguous host tensor (kDLCPU or kDLCUDAHost) of any float dtype, whose
+ * shape becomes the parameter's. Trainable parameters (`trainable` = 1) are stored in the
+ * training precision (fp32, or fp16/bf16 when the config enables it; values are rounded to
+ * nearest even), frozen ones (0) keep their dtype and get no gradient. The values are
+ * copied. `*index_out` (may be NULL) receives the parameter's index.
+ */
+dsrs_status dsrs_engine_register_param(struct dsrs_engine *engine,
+                                       const char *name,
+                                       const DLTensor *initial,
+                                       int32_t trainable,
+                                       size_t *index_out);
+
+/**
+ * Lays the registered parameters out in flat buffers on the accelerator (aligned offsets,
+ * ready for ZeRO partitioning), creates the fp32 master weights under fp16/bf16 and the
+ * optimizer state (zero), and zeroes the gradients. After this, views are available and
+ * no more parameters can be registered.
+ */
+dsrs_status dsrs_engine_finalize(struct dsrs_engine *engine);
+
+/**
+ * The number of registered parameters.
+ */
+dsrs_status dsrs_engine_num_params(const struct dsrs_engine *engine, size_t *out);
+
+/**
+ * The index of the parameter called `name` (DSRS_STATUS_INVALID_ARGUMENT if none).
+ */
+dsrs_status dsrs_engine_param_index(const struct dsrs_engine *engine,
+                                    const char *name,
+                                    size_t *out);
+
+/**
+ * The name of parameter `index` (two-call string output).
+ */
+dsrs_status dsrs_engine_param_name(const struct dsrs_engine *engine,
+                                   size_t index,
+                                   char *buf,
+                                   size_t len,
+                                   size_t *needed);
+
+/**
+ * A zero-copy view of parameter `index` in its compute dtype (after finalize). `shape`
+ * points into the engine (valid until `dsrs_engine_free`); `strides` is NULL (compact
+ * row-major). The host reads it for its forward pass; the engine writes it during
+ * `dsrs_engine_step`.
+ */
+dsrs_status dsrs_engine_param(const struct dsrs_engine *engine, size_t index, DLTensor *out);
+
+/**
+ * A zero-copy view of the gradient of trainable parameter `index` (after finalize). The
+ * host ADDS (`+=`) each micro batch's gradients into it — under fp16, of the loss
+ * multiplied by `dsrs_engine_loss_scale` — and the engine averages, unscales and zeroes
+ * them at each accumulation boundary. Its dtype is fp32 under fp32 and bf16 training,
+ * fp16 under fp16 (or `data_types.grad_accum_dtype`). Frozen parameters have none
+ * (DSRS_STATUS_INVALID_ARGUMENT).
+ */
+dsrs_status dsrs_engine_grad(const struct dsrs_engine *engine, size_t index, DLTensor *out);
+
+/**
+ * A view (fp32, for reading) of optimizer state `state` of trainable parameter `index`:
+ * `"exp_avg"`, `"exp_avg_sq"` (Adam, LAMB; Lion has `exp_avg`, Adagrad `exp_avg_sq`),
+ * `"momentum_buffer"` (SGD with momentum) or `"master"` (the fp32 master weights under
+ * fp16/bf16). A state the optimizer does not keep is DSRS_STATUS_INVALID_ARGUMENT.
+ */
+dsrs_status dsrs_engine_optimizer_state(const struct dsrs_engine *engine,
+                                        size_t index,
+                                        const char *state,
+                                        DLTensor *out);
+
+/**
+ * One micro step (see docs/engine.md). Off the accumulation boundary it only counts. At
+ * the boundary: the gradients' global norm and overflow check in one pass, then either a
+ * skipped step (non-finite gradients, under fp16, bf16 and fp32 alike: parameters,
+ * optimizer state and LR schedule unchanged, the dynamic loss scale backs off) or the
+ * optimizer step with averaging, unscaling and clipping folded in, the LR schedule step,
+ * the copy to the compute dtype; the gradients are zeroed either way. `stream` (may be
+ * NULL): a stream of the engine's accelerator that the host's backward ran on; it is
+ * synchronized before the gradients are read. `*out` (may be NULL) receives the record.
+ * Under fp16, an overflow at the minimum loss scale is DSRS_STATUS_INVALID_STATE
+ * (DeepSpeed's "Current loss scale already at minimum"), after which the gradients are
+ * zeroed and the parameters unchanged.
+ */
+dsrs_status dsrs_engine_step(struct dsrs_engine *engine,
+                             struct dsrs_stream *stream,
+                             struct dsrs_step_record *out);
+
+/**
+ * The loss scale: the host multiplies its loss by it before backward (1 without fp16).
+ */
+dsrs_status dsrs_engine_loss_scale(const struct dsrs_engine *engine, double *out);
+
+/**
+ * The learning rate the next optimizer step uses.
+ */
+dsrs_status dsrs_engine_get_lr(const struct dsrs_engine *engine, double *out);
+
+/**
+ * Sets the learning rate (finite, >= 0). Without a scheduler it stays; with one it holds
+ * until the scheduler's next step.
+ */
+dsrs_status dsrs_engine_set_lr(struct dsrs_engine *engine, double lr);
+
+/**
+ * Records a micro batch's (unscaled) loss; the engine averages it over the accumulation
+ * window for progress lines and csv_monitor's `Train/Samples/train_loss`.
+ */
+dsrs_status dsrs_engine_report_loss(struct dsrs_engine *engine, double loss);
+
+/**
+ * The resolved batch sizes: `train_batch_size`, `train_micro_batch_size_per_gpu` and
+ * `gradient_accumulation_steps` (any out-parameter may be NULL).
+ */
+dsrs_status dsrs_engine_batch_sizes(const struct dsrs_engine *engine,
+                                    uint64_t *train_batch_size,
+                                    uint64_t *micro_batch_size,
+                                    uint64_t *gradient_accumulation_steps);
+
+/**
+ * The resolved ds_config as JSON (two-call string output).
+ */
+dsrs_status dsrs_engine_config_json(const struct dsrs_engine *engine,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *needed);
+
+/**
+ * The engine's counters, loss-scaler and LR-scheduler state, timers (ms) and the
+ * optimizer implementation that ran, as JSON (two-call string output).
+ */
+dsrs_status dsrs_engine_stats_json(const struct dsrs_engine *engine,
+                                   char *buf,
+                                   size_t len,
+                                   size_t *needed);
+
+/**
+ * Validates a ds_config for `world_size` data-parallel ranks (0 is taken as 1) and
+ * writes the resolved configuration as JSON (two-call string output). Errors:
+ * DSRS_STATUS_INVALID_JSON for unparsable text, DSRS_STATUS_INVALID_CONFIG with every
+ * error, one `path: message` per line.
+ */
+dsrs_status dsrs_config_check(const char *config_json,
+                              uint64_t world_size,
+                              char *buf,
+                              size_t len,
+                              size_t *needed);
+
+/**
+ * The JSON paths of every `"auto"` value in a ds_config, as a JSON array of strings
+ * (two-call string output).
+ */
+dsrs_status dsrs_config_auto_paths(const char *config_json, char *buf, size_t len, size_t *needed);
+
+/**
+ * Replaces the `"auto"` at `path` (dotted, `[i]` for array elements, e.g.
+ * `optimizer.params.betas[0]`) by the JSON value `value_json`, and writes the whole
+ * document back as JSON (two-call string output; comments are not kept). An error if the
+ * path does not hold `"auto"`.
+ */
+dsrs_status dsrs_config_fill_auto(const char *config_json,
+                                  const char *path,
+                                  const char *value_json,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *needed);
 
 /**
  * Defines (or redefines) an op at run time from a JSON description, so a host can build

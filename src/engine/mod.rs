@@ -1,5 +1,10 @@
-//! The training engine (DeepSpeed's `deepspeed.runtime` surface), being built.
+//! The training engine (DeepSpeed's `deepspeed.runtime` surface) for one process.
 //!
+//! * [`engine`] — [`Engine`]: parameters in flat buffers, zero-copy views of parameters and
+//!   gradients, and the step at each gradient-accumulation boundary (averaging, unscaling,
+//!   overflow check, global norm, clipping, the optimizer through the op registry's
+//!   kernels, the LR schedule, the copy to the compute dtype).
+//! * [`config`] — DeepSpeed's `ds_config.json`, parsed, validated and resolved.
 //! * [`lr_schedule`] — DeepSpeed's learning-rate schedules (`WarmupLR`, `WarmupDecayLR`,
 //!   `WarmupCosineLR`, `OneCycle`, `LRRangeTest`) parsed from the ds_config `scheduler`
 //!   block, with their step counter and checkpoint state.
@@ -7,11 +12,13 @@
 //!   window, hysteresis, minimum scale) parsed from the ds_config `fp16` block, with its
 //!   checkpoint state.
 //!
-//! * [`config`] — DeepSpeed's `ds_config.json`, parsed, validated and resolved.
-//!
-//! The engine itself (parameters in flat buffers, the step, the C ABI) is issue 6's work in
-//! progress; these pieces are pure Rust and used by it.
+//! The design is in `docs/engine.md`.
 
 pub mod config;
+#[allow(clippy::module_inception)]
+pub mod engine;
 pub mod loss_scaler;
 pub mod lr_schedule;
+
+pub use config::DsConfig;
+pub use engine::{Engine, ParamData, StepRecord, TensorView};

@@ -72,6 +72,7 @@ const TAG_NAMES: &[(u8, &str)] = &[
     (0xA4, "dsrs_event"),
     (0xA5, "dsrs_op"),
     (0xA6, "dsrs_graph"),
+    (0xA7, "dsrs_engine"),
 ];
 
 fn encode(tag: u8, index: u32, generation: u32) -> usize {

@@ -23,6 +23,7 @@ use crate::error::Error;
 pub mod accelerator;
 pub mod buffer;
 pub mod common;
+pub mod engine;
 pub(crate) mod handle;
 pub mod ops;
 pub mod optim;
@@ -342,6 +343,13 @@ pub struct dsrs_op {
     _private: [u8; 0],
 }
 
+/// A training engine (DeepSpeed's engine for one process), from `dsrs_engine_new`; freed
+/// with `dsrs_engine_free`. Calls on one engine are serialised; views it hands out are
+/// plain memory the host must not use during `dsrs_engine_step`. Thread-safe.
+pub struct dsrs_engine {
+    _private: [u8; 0],
+}
+
 /// A captured CUDA graph, from `dsrs_stream_end_capture`; freed with `dsrs_graph_free`.
 /// Replays are serialised per graph. Thread-safe.
 pub struct dsrs_graph {
@@ -373,6 +381,7 @@ handle_registry!(dsrs_stream, stream::StreamObject, 0xA3, STREAMS);
 handle_registry!(dsrs_event, stream::EventObject, 0xA4, EVENTS);
 handle_registry!(dsrs_op, crate::ops::LoadedOp, 0xA5, OPS);
 handle_registry!(dsrs_graph, stream::GraphObject, 0xA6, GRAPHS);
+handle_registry!(dsrs_engine, engine::EngineObject, 0xA7, ENGINES);
 
 #[cfg(test)]
 mod tests {
