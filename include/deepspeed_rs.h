@@ -1654,9 +1654,11 @@ dsrs_status dsrs_engine_optimizer_state(const struct dsrs_engine *engine,
  * the copy to the compute dtype; the gradients are zeroed either way. `stream` (may be
  * NULL): a stream of the engine's accelerator that the host's backward ran on; it is
  * synchronized before the gradients are read. `*out` (may be NULL) receives the record.
- * Under fp16, an overflow at the minimum loss scale is DSRS_STATUS_INVALID_STATE
- * (DeepSpeed's "Current loss scale already at minimum"), after which the gradients are
- * zeroed and the parameters unchanged.
+ * A failure changes nothing (counters, gradients, parameters, optimizer state,
+ * schedules), so the host can fix the cause and call again — except fp16's overflow at
+ * the minimum loss scale, DSRS_STATUS_INVALID_STATE (DeepSpeed's "Current loss scale
+ * already at minimum"), after which that window's gradients are zeroed and the
+ * parameters unchanged.
  */
 dsrs_status dsrs_engine_step(struct dsrs_engine *engine,
                              struct dsrs_stream *stream,

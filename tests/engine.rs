@@ -506,9 +506,13 @@ fn lr_follows_warmup_decay_and_set_lr() {
     let (mut rng, _) = Rng::new(5);
     let mut e = engine(cfg);
     register(&mut e, &mut rng, &SHAPES());
-    let mut t = 0i64;
+    // DeepSpeed's schedules start at last_batch_iteration = -1 (the value written at
+    // construction: warmup_min_lr) and step after each applied optimizer step.
+    let mut t = -1i64;
     for k in 0..45 {
-        let want = if t < 10 {
+        let want = if t < 0 {
+            0.0
+        } else if t < 10 {
             0.02 * t as f64 / 10.0
         } else {
             0.02 * ((40 - t) as f64 / 30.0).max(0.0)
@@ -840,4 +844,124 @@ fn optimizer_backend_is_reported() {
         }
         assert_eq!(s["global_steps"], 1);
     }
+}
+
+/// A finalize that runs out of memory loses nothing: after memory is freed it resumes, and
+/// the parameters hold their initial values.
+#[test]
+fn finalize_resumes_after_out_of_memory() {
+    let accel = accelerator::create("cpu", Some(r#"{"memory_limit": 4000000}"#)).unwrap();
+    let cfg = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.001}}}"#;
+    let mut e = Engine::from_json_str(Arc::clone(&accel), cfg).unwrap();
+    let v: Vec<f32> = (0..200_000).map(|i| (i % 97) as f32 * 0.01).collect();
+    e.register_param("w", &[200_000], ParamData::f32(&v), true)
+        .unwrap();
+    // 16 B/param = 3.2 MB of 4 MB; hold 2 MB so the optimizer state does not fit.
+    let hog = deepspeed_rs::accelerator::Buffer::new(
+        &accel,
+        2_000_000,
+        0,
+        deepspeed_rs::accelerator::MemoryKind::Device,
+    )
+    .unwrap();
+    let err = e.finalize().unwrap_err();
+    assert_eq!(
+        err.kind(),
+        deepspeed_rs::error::ErrorKind::OutOfMemory,
+        "{err}"
+    );
+    assert!(
+        e.register_param("late", &[1], ParamData::f32(&[0.0]), true)
+            .is_err()
+    );
+    drop(hog);
+    e.finalize().unwrap();
+    assert_eq!(
+        e.param_values(0).unwrap(),
+        v.iter().map(|&x| x as f64).collect::<Vec<_>>()
+    );
+    assert!(
+        e.state_values(0, "exp_avg")
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0)
+    );
+}
+
+/// A step the optimizer refuses (here: an op that must be built and cannot) changes
+/// nothing; the retried step equals a twin's.
+#[test]
+fn failed_step_changes_nothing_and_can_be_retried() {
+    let cfg = r#"{"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.01}},
+        "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 5}}}"#;
+    let (mut rng, seed) = Rng::new(8);
+    let mut rng_b = Rng(rng.0);
+    let (mut a, mut b) = (engine(cfg), engine(cfg));
+    register(&mut a, &mut rng, &[("w", vec![300])]);
+    register(&mut b, &mut rng_b, &[("w", vec![300])]);
+    for _ in 0..3 {
+        let g = rng.vec(300, 1.0);
+        add_grad(&mut a, 0, &g);
+        add_grad(&mut b, 0, &g);
+        a.step().unwrap();
+        b.step().unwrap();
+    }
+    let before = snapshot(&a, &["exp_avg", "exp_avg_sq"]);
+    let grads_before = a.grad_f32_mut(0).unwrap().to_vec();
+    let (micro, lr) = (a.micro_steps(), a.lr());
+    let mut bad = Exec {
+        backend: Backend::Kernel,
+        ..Exec::default()
+    };
+    // A cache directory that cannot be created: the op cannot be built or loaded.
+    bad.build.cache_dir = Some("/proc/dsrs-no-such-cache".into());
+    a.set_exec(bad);
+    assert!(a.step().is_err(), "seed {seed}");
+    assert_eq!(snapshot(&a, &["exp_avg", "exp_avg_sq"]), before);
+    assert_eq!(a.grad_f32_mut(0).unwrap().to_vec(), grads_before);
+    assert_eq!((a.micro_steps(), a.lr()), (micro, lr));
+    a.set_exec(Exec::default());
+    let (ra, rb) = (a.step().unwrap(), b.step().unwrap());
+    assert_eq!(ra, rb);
+    assert_eq!(
+        snapshot(&a, &["exp_avg", "exp_avg_sq"]),
+        snapshot(&b, &["exp_avg", "exp_avg_sq"])
+    );
+}
+
+/// csv_monitor writes DeepSpeed's files: `<output_path>/<job_name>/Train_Samples_<tag>.csv`,
+/// a `step,<tag>` header, rows `<global_samples>,<value>` in Python's float format, CRLF.
+#[test]
+fn csv_monitor_files_as_deepspeed_writes_them() {
+    let dir = std::env::temp_dir().join(format!("dsrs-csv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = format!(
+        r#"{{"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
+            "fp16": {{"enabled": true, "initial_scale_power": 4}},
+            "optimizer": {{"type": "Adam", "params": {{"lr": 0.001}}}},
+            "csv_monitor": {{"enabled": true, "output_path": "{}", "job_name": "job"}}}}"#,
+        dir.display()
+    );
+    let mut e = engine(&cfg);
+    let (mut rng, _) = Rng::new(9);
+    register(&mut e, &mut rng, &[("w", vec![8])]);
+    for k in 0..4 {
+        e.report_loss(0.5 + k as f64);
+        e.step().unwrap();
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.join("job").join(f)).unwrap();
+    assert_eq!(
+        read("Train_Samples_train_loss.csv"),
+        "step,train_loss\r\n4,1.0\r\n8,3.0\r\n"
+    );
+    assert_eq!(
+        read("Train_Samples_lr.csv"),
+        "step,lr\r\n4,0.001\r\n8,0.001\r\n"
+    );
+    assert_eq!(
+        read("Train_Samples_loss_scale.csv"),
+        "step,loss_scale\r\n4,16.0\r\n8,16.0\r\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -201,9 +201,22 @@ impl Flat {
     /// # Safety
     /// As [`Flat::slice_mut`], for shared access.
     unsafe fn slice<T>(&self, offset: usize, len: usize) -> &[T] {
+        debug_assert!(offset + len <= self.len);
+        if len == 0 {
+            return &[];
+        }
         // SAFETY: as slice_mut.
-        unsafe { self.slice_mut(offset, len) }
+        unsafe { std::slice::from_raw_parts((self.ptr() as *const T).add(offset), len) }
     }
+}
+
+/// A group whose compute copy holds the initial values, before the rest is allocated.
+struct Staged {
+    trainable: bool,
+    dtype: DType,
+    len: usize,
+    params: Vec<usize>,
+    compute: Flat,
 }
 
 struct Group {
@@ -332,15 +345,17 @@ impl Optimizer {
         match &self.kind {
             OptimizerKind::Adam { beta1, beta2, .. }
             | OptimizerKind::Lamb { beta1, beta2, .. }
-            | OptimizerKind::Lion { beta1, beta2, .. } => format!(
-                "[({}, {})]",
-                python_float(beta1_override.unwrap_or(*beta1)),
-                python_float(*beta2)
-            ),
-            OptimizerKind::Adagrad { .. } => "[None]".into(),
-            OptimizerKind::Sgd { momentum, .. } => {
-                format!("[{}]", python_float(beta1_override.unwrap_or(*momentum)))
+            | OptimizerKind::Lion { beta1, beta2, .. } => {
+                // OneCycle's momentum replaces beta1, and DeepSpeed then sets beta2 = 0.99.
+                let (b1, b2) = match beta1_override {
+                    Some(m) => (m, 0.99),
+                    None => (*beta1, *beta2),
+                };
+                format!("[({}, {})]", python_float(b1), python_float(b2))
             }
+            OptimizerKind::Adagrad { .. } => "[0.0]".into(),
+            // DeepSpeed does not cycle the momentum of optimizers without betas.
+            OptimizerKind::Sgd { momentum, .. } => format!("[{}]", python_float(*momentum)),
         }
     }
 }
@@ -361,6 +376,7 @@ pub struct Engine {
     names: HashMap<String, usize>,
     pending: Vec<Option<Vec<u8>>>,
     groups: Vec<Group>,
+    staged: Option<Vec<Staged>>,
     finalized: bool,
     exec: Exec,
     global_steps: u64,
@@ -369,7 +385,6 @@ pub struct Engine {
     applied_steps: u64,
     loss_sum: f64,
     loss_count: u64,
-    last_loss: Option<f64>,
     last_record: Option<StepRecord>,
     ran: Option<Ran>,
     timers: Timers,
@@ -476,12 +491,8 @@ impl Engine {
         for w in &config.warnings {
             crate::dsrs_warn!("engine", "ds_config: {}: {}", w.path, w.message);
         }
-        let mut scheduler = scheduler;
-        if let Some(s) = scheduler.as_mut() {
-            // DeepSpeed's schedulers take their first step at construction
-            // (last_batch_iteration -1 → 0), which sets the lr of the first step.
-            s.step();
-        }
+        // DeepSpeed's schedules start at last_batch_iteration = -1 and are not stepped at
+        // construction: the first optimizer step uses the value at -1.
         Ok(Engine {
             accel,
             compute_dtype,
@@ -496,6 +507,7 @@ impl Engine {
             names: HashMap::new(),
             pending: Vec::new(),
             groups: Vec::new(),
+            staged: None,
             finalized: false,
             exec: Exec::default(),
             global_steps: 0,
@@ -504,7 +516,6 @@ impl Engine {
             applied_steps: 0,
             loss_sum: 0.0,
             loss_count: 0,
-            last_loss: None,
             last_record: None,
             ran: None,
             timers: Timers::default(),
@@ -565,10 +576,10 @@ impl Engine {
         init: ParamData<'_>,
         trainable: bool,
     ) -> Result<usize> {
-        if self.finalized {
+        if self.finalized || self.staged.is_some() {
             return Err(Error::InvalidState(format!(
-                "register_param('{name}'): the engine is finalized; register every parameter \
-                 before finalize"
+                "register_param('{name}'): the engine is finalized (or finalize has started \
+                 and must be called again); register every parameter before finalize"
             )));
         }
         if name.is_empty() {
@@ -599,13 +610,18 @@ impl Engine {
                 init.dtype.name()
             )));
         }
-        if init.bytes.len() != numel * init.dtype.size() {
+        let want = numel.checked_mul(init.dtype.size()).ok_or_else(|| {
+            Error::range(format!(
+                "register_param('{name}'): the shape {shape:?} overflows"
+            ))
+        })?;
+        if init.bytes.len() != want {
             return Err(Error::invalid(format!(
                 "register_param('{name}'): {} bytes of initial values for shape {shape:?} of \
                  {} ({} bytes expected)",
                 init.bytes.len(),
                 init.dtype.name(),
-                numel * init.dtype.size()
+                want
             )));
         }
         let dtype = if trainable {
@@ -630,14 +646,91 @@ impl Engine {
     }
 
     /// Lays the parameters out in flat buffers on the accelerator, creates the fp32 master
-    /// weights (fp16/bf16 training) and the optimizer state (zero), and frees the copies of
-    /// the initial values. At least one trainable parameter is needed.
+    /// weights (fp16/bf16 training), the gradients and the optimizer state (zero), and
+    /// frees the copies of the initial values. At least one trainable parameter is needed.
+    ///
+    /// It allocates the compute copies first and moves the initial values into them (one
+    /// parameter at a time, so the model is never held twice), then the rest. An
+    /// allocation failure (a memory limit) loses nothing: after freeing memory, call
+    /// `finalize` again and it resumes; registering more parameters is then refused.
     pub fn finalize(&mut self) -> Result<()> {
         if self.finalized {
             return Err(Error::InvalidState(
                 "finalize: the engine is already finalized".into(),
             ));
         }
+        if self.staged.is_none() {
+            self.stage()?;
+        }
+        let staged = self.staged.as_ref().expect("staged above");
+        let mut rest = Vec::with_capacity(staged.len());
+        for st in staged {
+            if !st.trainable {
+                rest.push((None, None, Vec::new()));
+                continue;
+            }
+            let mut stagger = 1;
+            let mut next = || {
+                stagger += 1;
+                stagger - 1
+            };
+            let master = if st.dtype != DType::F32 {
+                Some(Flat::new(&self.accel, DType::F32, st.len, next())?)
+            } else {
+                None
+            };
+            let grads = Flat::new(&self.accel, self.grad_dtype, st.len, next())?;
+            let mut states = Vec::new();
+            for &name in self.optimizer.state_names() {
+                states.push((name, Flat::new(&self.accel, DType::F32, st.len, next())?));
+            }
+            rest.push((master, Some(grads), states));
+        }
+        // Everything is allocated: nothing below can fail.
+        let staged = self.staged.take().expect("staged above");
+        let mut groups = Vec::with_capacity(staged.len());
+        for (st, (master, grads, states)) in staged.into_iter().zip(rest) {
+            let len = st.len;
+            // SAFETY (all slices): fresh buffers of `len` elements of their dtypes, not
+            // shared yet.
+            if let Some(m) = &master {
+                let dst: &mut [f32] = unsafe { m.slice_mut(0, len) };
+                match st.dtype {
+                    DType::F16 => {
+                        let src: &[f16] = unsafe { st.compute.slice(0, len) };
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+                    }
+                    DType::BF16 => {
+                        let src: &[bf16] = unsafe { st.compute.slice(0, len) };
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+                    }
+                    _ => unreachable!("compute dtypes are fp32, fp16, bf16"),
+                }
+            }
+            // Gradients and states start at zero (explicitly: allocators need not zero).
+            for f in grads.iter().chain(states.iter().map(|(_, f)| f)) {
+                unsafe { std::ptr::write_bytes(f.ptr() as *mut u8, 0, len * f.dtype.size()) };
+            }
+            groups.push(Group {
+                trainable: st.trainable,
+                dtype: st.dtype,
+                len,
+                params: st.params,
+                compute: st.compute,
+                master,
+                grads,
+                states,
+            });
+        }
+        self.groups = groups;
+        self.pending = Vec::new();
+        self.finalized = true;
+        Ok(())
+    }
+
+    /// The first half of finalize: the layout, and the compute copies holding the initial
+    /// values (then freed).
+    fn stage(&mut self) -> Result<()> {
         if !self.params.iter().any(|p| p.trainable) {
             return Err(Error::InvalidState(
                 "finalize: no trainable parameter is registered".into(),
@@ -650,31 +743,36 @@ impl Engine {
                 keys.push((false, p.dtype));
             }
         }
-        let mut layouts: Vec<(bool, DType, usize, Vec<usize>)> = Vec::new();
+        let mut layout: Vec<(usize, usize)> = vec![(0, 0); self.params.len()];
+        let mut groups: Vec<(bool, DType, usize, Vec<usize>)> = Vec::new();
         for &(trainable, dtype) in &keys {
             let mut len = 0usize;
             let mut members = Vec::new();
-            for (i, p) in self.params.iter_mut().enumerate() {
+            for (i, p) in self.params.iter().enumerate() {
                 if p.trainable == trainable && (trainable || p.dtype == dtype) {
-                    p.group = layouts.len();
-                    p.offset = len;
+                    layout[i] = (groups.len(), len);
                     len = len
                         .checked_add(p.numel.next_multiple_of(PARAM_ALIGN_ELEMENTS))
                         .ok_or_else(|| Error::range("finalize: too many parameter elements"))?;
                     members.push(i);
                 }
             }
-            layouts.push((trainable, dtype, len.max(PARAM_ALIGN_ELEMENTS), members));
+            groups.push((trainable, dtype, len.max(PARAM_ALIGN_ELEMENTS), members));
         }
-        let mut groups = Vec::new();
-        for (trainable, dtype, len, members) in layouts {
-            let mut stagger = 0;
-            let mut next = || {
-                stagger += 1;
-                stagger - 1
-            };
-            let compute = Flat::new(&self.accel, dtype, len, next())?;
-            // Copy the initial values in, freeing each copy as soon as it is in place.
+        let mut computes = Vec::with_capacity(groups.len());
+        for (_, dtype, len, _) in &groups {
+            computes.push(Flat::new(&self.accel, *dtype, *len, 0)?);
+        }
+        // Allocated: from here on nothing fails. Move the initial values in.
+        for (p, (group, offset)) in self.params.iter_mut().zip(layout) {
+            p.group = group;
+            p.offset = offset;
+        }
+        let mut staged = Vec::with_capacity(groups.len());
+        for ((trainable, dtype, len, members), compute) in groups.into_iter().zip(computes) {
+            // The padding is zero, so it stays finite under every optimizer.
+            // SAFETY: a fresh buffer of `len` elements.
+            unsafe { std::ptr::write_bytes(compute.ptr() as *mut u8, 0, len * dtype.size()) };
             for &i in &members {
                 let p = &self.params[i];
                 let bytes = self.pending[i]
@@ -686,49 +784,15 @@ impl Engine {
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len())
                 };
             }
-            let (master, grads, states) = if trainable {
-                let master = if dtype != DType::F32 {
-                    let m = Flat::new(&self.accel, DType::F32, len, next())?;
-                    // SAFETY: both buffers hold `len` elements; no other reference exists.
-                    let dst: &mut [f32] = unsafe { m.slice_mut(0, len) };
-                    match dtype {
-                        DType::F16 => {
-                            let src: &[f16] = unsafe { compute.slice(0, len) };
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
-                        }
-                        DType::BF16 => {
-                            let src: &[bf16] = unsafe { compute.slice(0, len) };
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
-                        }
-                        _ => unreachable!("compute dtypes are fp32, fp16, bf16"),
-                    }
-                    Some(m)
-                } else {
-                    None
-                };
-                let grads = Flat::new(&self.accel, self.grad_dtype, len, next())?;
-                let mut states = Vec::new();
-                for &s in self.optimizer.state_names() {
-                    states.push((s, Flat::new(&self.accel, DType::F32, len, next())?));
-                }
-                (master, Some(grads), states)
-            } else {
-                (None, None, Vec::new())
-            };
-            groups.push(Group {
+            staged.push(Staged {
                 trainable,
                 dtype,
                 len,
                 params: members,
                 compute,
-                master,
-                grads,
-                states,
             });
         }
-        self.groups = groups;
-        self.pending = Vec::new();
-        self.finalized = true;
+        self.staged = Some(staged);
         Ok(())
     }
 
@@ -913,12 +977,11 @@ impl Engine {
     /// Sets the learning rate. Without a scheduler it stays; with one it holds until the
     /// scheduler's next step replaces it (as setting a torch param group's lr does).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        if !(lr.is_finite() && lr >= 0.0) {
+        if !(lr.is_finite() && lr >= 0.0 && lr <= f64::from(f32::MAX)) {
             return Err(Error::range(format!(
-                "lr must be finite and >= 0, got {lr}"
+                "argument 'lr' must be finite, >= 0 and representable as float32, got {lr}"
             )));
         }
-        f32_of(lr, "lr")?;
         if self.scheduler.is_some() {
             self.lr_override = Some(lr);
         } else {
@@ -1014,15 +1077,19 @@ impl Engine {
     /// One micro step. Off the accumulation boundary it only counts; at the boundary it
     /// runs the optimizer step described in the [module documentation](self).
     ///
-    /// Errors: not finalized; an fp16 overflow at the minimum loss scale (DeepSpeed's
-    /// "Current loss scale already at minimum"), after which the gradients are zeroed and
-    /// the parameters are untouched; an optimizer failure.
+    /// Errors leave the engine as it was before the call (counters, gradients,
+    /// parameters, optimizer state, schedules), so the host can fix the cause (an lr,
+    /// say) and call again: not finalized; a hyper-parameter the optimizer refuses (a
+    /// OneCycle momentum reaching 1, an lr beyond float32); an op that must be built and
+    /// cannot (`Backend::Kernel`). The exception is fp16's overflow at the minimum loss
+    /// scale (DeepSpeed's "Current loss scale already at minimum"): the window is
+    /// consumed and its gradients zeroed, the parameters are untouched.
     pub fn step(&mut self) -> Result<StepRecord> {
         self.need_finalized("step")?;
-        self.micro_steps += 1;
         let gas = self.config.batch.gradient_accumulation_steps;
-        if self.micro_steps % gas != 0 {
-            let r = StepRecord {
+        if (self.micro_steps + 1) % gas != 0 {
+            self.micro_steps += 1;
+            return Ok(StepRecord {
                 global_step: self.global_steps,
                 micro_step: self.micro_steps,
                 skipped_steps: self.skipped_steps,
@@ -1032,65 +1099,77 @@ impl Engine {
                 loss_scale: self.loss_scale(),
                 lr: self.lr(),
                 grad_norm: -1.0,
-            };
-            return Ok(r);
+            });
         }
         let t_step = Instant::now();
         let loss_scale = self.loss_scale();
         let lr = self.lr();
+        // Everything that can refuse the step is checked before anything changes.
+        let hp = self.prepare_optimizer(lr)?;
 
         let t = Instant::now();
         let (sumsq, finite) = self.scan_grads();
         self.timers.add("compute_norm", ms_since(t));
 
         let divisor = loss_scale * gas as f64;
-        let overflow = self.check_overflow && !finite;
         let grad_norm = if finite {
             sumsq.sqrt() / divisor
         } else {
             f64::NAN
         };
-        let applied;
+        // DeepSpeed: clip = (norm + 1e-6) / max_norm; if clip > 1 the gradients are
+        // divided by clip as well as by the scale.
+        let mut total = divisor;
+        let max_norm = self.config.gradient_clipping;
+        if max_norm > 0.0 && grad_norm.is_finite() {
+            let clip = (grad_norm + 1e-6) / max_norm;
+            if clip > 1.0 {
+                total *= clip;
+            }
+        }
+        // Gradients so large that the divisor leaves float32 cannot be applied either.
+        let representable = (total as f32).is_finite();
+        let overflow = (self.check_overflow && !finite) || (finite && !representable);
+        let loss = self.take_window_loss();
+        let applied = !overflow;
+        self.micro_steps += 1;
         if overflow {
-            applied = false;
             let t = Instant::now();
             self.zero_grads();
             self.timers.add("zero_grad", ms_since(t));
+            // The scaler first: at the minimum scale it refuses, before anything is counted.
+            let outcome = self.loss_scaler.update(true)?;
             self.global_steps += 1;
             self.skipped_steps += 1;
-            let outcome = self.loss_scaler.update(true);
-            self.loss_sum = 0.0;
-            self.loss_count = 0;
-            let outcome = outcome?;
             crate::dsrs_info!(
                 "engine",
-                "[deepspeed_rs] OVERFLOW! Skipping step {}: non-finite gradients ({}). \
-                 Attempted loss scale: {}, reducing to {}",
+                "[deepspeed_rs] OVERFLOW! Skipping step {}: {} gradients ({}). Attempted loss \
+                 scale: {}, reducing to {}",
                 self.global_steps,
-                self.compute_dtype.name(),
+                if finite { "too large" } else { "non-finite" },
+                self.grad_dtype.name(),
                 outcome.previous_scale,
                 outcome.scale
             );
         } else {
-            // DeepSpeed: clip = (norm + 1e-6) / max_norm; if clip > 1 the gradients are
-            // divided by clip as well as by the scale.
-            let mut total = divisor;
-            let max_norm = self.config.gradient_clipping;
-            if max_norm > 0.0 && grad_norm.is_finite() {
-                let clip = (grad_norm + 1e-6) / max_norm;
-                if clip > 1.0 {
-                    total *= clip;
-                }
-            }
             let t = Instant::now();
-            self.optimizer_step(lr, total)?;
+            let ran = self.run_optimizer(hp, total as f32);
             self.timers.add("optimizer_step", ms_since(t));
+            if let Err(e) = ran {
+                // Kernels validate before writing: nothing changed; the host may retry.
+                self.micro_steps -= 1;
+                if let Some(l) = loss {
+                    self.loss_sum = l.0;
+                    self.loss_count = l.1;
+                }
+                return Err(e);
+            }
             let t = Instant::now();
             self.zero_grads();
             self.timers.add("zero_grad", ms_since(t));
-            applied = true;
             self.applied_steps += 1;
             self.global_steps += 1;
+            // A clean step never errors (only overflows at the minimum scale do).
             self.loss_scaler.update(false)?;
             if let Some(s) = self.scheduler.as_mut() {
                 s.step();
@@ -1110,22 +1189,21 @@ impl Engine {
             grad_norm,
         };
         self.last_record = Some(record);
-        self.report(&record)?;
+        self.report(&record, loss.map(|l| l.0 / l.1 as f64));
         Ok(record)
     }
 
-    /// Progress lines, timers and csv_monitor events at a boundary.
-    fn report(&mut self, r: &StepRecord) -> Result<()> {
-        let loss = if self.loss_count > 0 {
-            Some(self.loss_sum / self.loss_count as f64)
-        } else {
-            None
-        };
+    /// The reported losses of the window ending now, `(sum, count)`, reset.
+    fn take_window_loss(&mut self) -> Option<(f64, u64)> {
+        let l = (self.loss_count > 0).then_some((self.loss_sum, self.loss_count));
         self.loss_sum = 0.0;
         self.loss_count = 0;
-        if loss.is_some() {
-            self.last_loss = loss;
-        }
+        l
+    }
+
+    /// Progress lines, timers and csv_monitor events at a boundary. Monitor failures (a
+    /// full disk) are warnings: the step itself has happened.
+    fn report(&mut self, r: &StepRecord, loss: Option<f64>) {
         if let Some(spp) = self.config.steps_per_print
             && self.global_steps % spp == 0
         {
@@ -1137,7 +1215,7 @@ impl Engine {
                 python_float(self.lr()),
                 self.optimizer.mom_text(mom)
             );
-            if let Some(l) = self.last_loss {
+            if let Some(l) = loss {
                 let _ = write!(line, ", loss={l:.6}");
             }
             if r.grad_norm >= 0.0 {
@@ -1155,17 +1233,24 @@ impl Engine {
             let t = self.timers.line();
             crate::dsrs_info!("engine", "{t}");
         }
+        let (lr, scale) = (self.lr(), self.loss_scale());
         if let Some(csv) = self.csv.as_mut() {
+            // As DeepSpeed: x = global samples; the lr and scale after this step's updates.
             let samples = self.global_steps * self.config.batch.train_batch_size;
+            let mut events = Vec::new();
             if let Some(l) = loss {
-                csv.write("Train/Samples/train_loss", samples, l)?;
+                events.push(("Train/Samples/train_loss", l));
             }
-            csv.write("Train/Samples/lr", samples, r.lr)?;
+            events.push(("Train/Samples/lr", lr));
             if matches!(self.config.precision, Precision::Fp16 { .. }) {
-                csv.write("Train/Samples/loss_scale", samples, r.loss_scale)?;
+                events.push(("Train/Samples/loss_scale", scale));
+            }
+            for (tag, v) in events {
+                if let Err(e) = csv.write(tag, samples, v) {
+                    crate::dsrs_warn!("engine", "csv_monitor: {e}");
+                }
             }
         }
-        Ok(())
     }
 
     fn threads(&self) -> usize {
@@ -1243,17 +1328,119 @@ impl Engine {
         });
     }
 
-    /// The optimizer over the trainable group: gradients divided by `grad_scale`.
-    fn optimizer_step(&mut self, lr: f64, grad_scale: f64) -> Result<()> {
-        let lr32 = f32_of(lr, "lr")?;
-        let gs = grad_scale as f32;
-        if !(gs.is_finite() && gs > 0.0) {
-            return Err(Error::Internal(format!(
-                "the gradient divisor {grad_scale} is not a positive float32"
-            )));
-        }
+    /// The optimizer's hyper-parameters for the next step at `lr`, validated (nothing is
+    /// touched): `grad_scale` is filled in by [`run_optimizer`](Self::run_optimizer).
+    fn prepare_optimizer(&self, lr: f64) -> Result<Hyper> {
+        let lr = f32_of(lr, "lr")?;
         let step = self.applied_steps + 1;
+        // OneCycle's cycle_momentum drives beta1 of optimizers with betas, and DeepSpeed
+        // then sets beta2 to 0.99; optimizers without betas (SGD, Adagrad) are left alone,
+        // as DeepSpeed turns momentum cycling off for them.
         let mom = self.scheduler.as_ref().and_then(|s| s.get_momentum());
+        let betas = |b1: f64, b2: f64| -> Result<(f32, f32)> {
+            match mom {
+                Some(m) => Ok((f32_of(m, "momentum")?, 0.99)),
+                None => Ok((f32_of(b1, "beta1")?, f32_of(b2, "beta2")?)),
+            }
+        };
+        let hp = match self.optimizer.kind.clone() {
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                adamw_mode,
+                bias_correction,
+                torch_adam: _,
+            } => {
+                let (beta1, beta2) = betas(beta1, beta2)?;
+                let hp = AdamParams {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps: f32_of(eps, "eps")?,
+                    weight_decay: f32_of(weight_decay, "weight_decay")?,
+                    adamw_mode,
+                    bias_correction,
+                    step,
+                    grad_scale: 1.0,
+                };
+                hp.validate()?;
+                Hyper::Adam(hp)
+            }
+            OptimizerKind::Adagrad { eps, weight_decay } => {
+                let hp = AdagradParams {
+                    lr,
+                    eps: f32_of(eps, "eps")?,
+                    weight_decay: f32_of(weight_decay, "weight_decay")?,
+                    grad_scale: 1.0,
+                };
+                hp.validate()?;
+                Hyper::Adagrad(hp)
+            }
+            OptimizerKind::Lion {
+                beta1,
+                beta2,
+                weight_decay,
+            } => {
+                let (beta1, beta2) = betas(beta1, beta2)?;
+                let hp = LionParams {
+                    lr,
+                    beta1,
+                    beta2,
+                    weight_decay: f32_of(weight_decay, "weight_decay")?,
+                    grad_scale: 1.0,
+                };
+                hp.validate()?;
+                Hyper::Lion(hp)
+            }
+            OptimizerKind::Lamb {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                bias_correction,
+                eps_inside_sqrt,
+                max_coeff,
+                min_coeff,
+            } => {
+                let (beta1, beta2) = betas(beta1, beta2)?;
+                let hp = LambParams {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps: f32_of(eps, "eps")?,
+                    weight_decay: f32_of(weight_decay, "weight_decay")?,
+                    bias_correction,
+                    step,
+                    max_coeff: f32_of(max_coeff, "max_coeff")?,
+                    min_coeff: f32_of(min_coeff, "min_coeff")?,
+                    eps_inside_sqrt,
+                    grad_scale: 1.0,
+                };
+                hp.validate()?;
+                Hyper::Lamb(hp)
+            }
+            OptimizerKind::Sgd {
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+            } => Hyper::Sgd(SgdParams {
+                lr,
+                momentum: f32_of(momentum, "momentum")?,
+                dampening: f32_of(dampening, "dampening")?,
+                weight_decay: f32_of(weight_decay, "weight_decay")?,
+                nesterov,
+                first: step == 1,
+                inv_scale: 1.0,
+            }),
+        };
+        Ok(hp)
+    }
+
+    /// The optimizer over the trainable group, gradients divided by `gs` (finite, > 0).
+    fn run_optimizer(&mut self, hp: Hyper, gs: f32) -> Result<()> {
         let g = &self.groups[0];
         let n = g.len;
         let grads_flat = g.grads.as_ref().expect("trainable group has gradients");
@@ -1292,113 +1479,50 @@ impl Engine {
             // SAFETY: as above; each state is borrowed once.
             unsafe { f.slice_mut(0, n) }
         };
-        let ran = match self.optimizer.kind.clone() {
-            OptimizerKind::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                adamw_mode,
-                bias_correction,
-                torch_adam: _,
-            } => {
-                let hp = AdamParams {
-                    lr: lr32,
-                    beta1: f32_of(mom.unwrap_or(beta1), "beta1")?,
-                    beta2: f32_of(beta2, "beta2")?,
-                    eps: f32_of(eps, "eps")?,
-                    weight_decay: f32_of(weight_decay, "weight_decay")?,
-                    adamw_mode,
-                    bias_correction,
-                    step,
-                    grad_scale: gs,
-                };
-                cpu::adam_step(
-                    &hp,
-                    params,
-                    grads,
-                    state("exp_avg"),
-                    state("exp_avg_sq"),
-                    copy,
-                    &self.exec,
-                )?
+        let ran = match hp {
+            Hyper::Adam(mut hp) => {
+                hp.grad_scale = gs;
+                let (m, v) = (state("exp_avg"), state("exp_avg_sq"));
+                cpu::adam_step(&hp, params, grads, m, v, copy, &self.exec)?
             }
-            OptimizerKind::Adagrad { eps, weight_decay } => {
-                let hp = AdagradParams {
-                    lr: lr32,
-                    eps: f32_of(eps, "eps")?,
-                    weight_decay: f32_of(weight_decay, "weight_decay")?,
-                    grad_scale: gs,
-                };
+            Hyper::Adagrad(mut hp) => {
+                hp.grad_scale = gs;
                 cpu::adagrad_step(&hp, params, grads, state("exp_avg_sq"), copy, &self.exec)?
             }
-            OptimizerKind::Lion {
-                beta1,
-                beta2,
-                weight_decay,
-            } => {
-                let hp = LionParams {
-                    lr: lr32,
-                    beta1: f32_of(mom.unwrap_or(beta1), "beta1")?,
-                    beta2: f32_of(beta2, "beta2")?,
-                    weight_decay: f32_of(weight_decay, "weight_decay")?,
-                    grad_scale: gs,
-                };
+            Hyper::Lion(mut hp) => {
+                hp.grad_scale = gs;
                 cpu::lion_step(&hp, params, grads, state("exp_avg"), copy, &self.exec)?
             }
-            OptimizerKind::Lamb {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                bias_correction,
-                eps_inside_sqrt,
-                max_coeff,
-                min_coeff,
-            } => {
-                let hp = LambParams {
-                    lr: lr32,
-                    beta1: f32_of(mom.unwrap_or(beta1), "beta1")?,
-                    beta2: f32_of(beta2, "beta2")?,
-                    eps: f32_of(eps, "eps")?,
-                    weight_decay: f32_of(weight_decay, "weight_decay")?,
-                    bias_correction,
-                    step,
-                    max_coeff: f32_of(max_coeff, "max_coeff")?,
-                    min_coeff: f32_of(min_coeff, "min_coeff")?,
-                    eps_inside_sqrt,
-                    grad_scale: gs,
-                };
+            Hyper::Lamb(mut hp) => {
+                hp.grad_scale = gs;
                 // LAMB's trust ratio is per tensor: one call per parameter.
                 let (m_all, v_all) = (state("exp_avg"), state("exp_avg_sq"));
-                let mut params = params;
-                let mut copy = copy;
+                let ParamsMut::F32(master) = params else {
+                    unreachable!("LAMB runs on fp32 parameters or masters")
+                };
                 for &i in &g.params {
                     let p = &self.params[i];
                     let r = p.offset..p.offset + p.numel;
-                    let pm = match &mut params {
-                        ParamsMut::F32(s) => ParamsMut::F32(&mut s[r.clone()]),
-                        _ => unreachable!("LAMB runs on fp32 parameters or masters"),
-                    };
                     let gr = match grads {
                         GradsRef::F32(s) => GradsRef::F32(&s[r.clone()]),
                         GradsRef::F16(s) => GradsRef::F16(&s[r.clone()]),
                         GradsRef::BF16(s) => GradsRef::BF16(&s[r.clone()]),
                     };
-                    lamb_step_reference(&hp, pm, gr, &mut m_all[r.clone()], &mut v_all[r.clone()])?;
+                    lamb_step_reference(
+                        &hp,
+                        ParamsMut::F32(&mut master[r.clone()]),
+                        gr,
+                        &mut m_all[r.clone()],
+                        &mut v_all[r],
+                    )?;
                 }
-                if let (ParamsMut::F32(master), Some(c)) = (&params, copy.as_mut()) {
-                    copy_down(master, c);
+                if let Some(mut c) = copy {
+                    copy_down(master, &mut c);
                 }
                 Ran::Reference
             }
-            OptimizerKind::Sgd {
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-            } => {
-                let momentum = mom.unwrap_or(momentum);
+            Hyper::Sgd(mut hp) => {
+                hp.inv_scale = crate::ops::optim::inv_grad_scale(gs);
                 let buf = if g.states.is_empty() {
                     None
                 } else {
@@ -1407,20 +1531,7 @@ impl Engine {
                 let ParamsMut::F32(p) = params else {
                     unreachable!("SGD runs on fp32 parameters or masters")
                 };
-                sgd_step(
-                    p,
-                    grads,
-                    buf,
-                    SgdParams {
-                        lr: lr32,
-                        momentum: momentum as f32,
-                        dampening: dampening as f32,
-                        weight_decay: weight_decay as f32,
-                        nesterov,
-                        first: step == 1,
-                        inv_scale: crate::ops::optim::inv_grad_scale(gs),
-                    },
-                );
+                sgd_step(p, grads, buf, hp);
                 if let Some(mut c) = copy {
                     copy_down(p, &mut c);
                 }
@@ -1432,18 +1543,29 @@ impl Engine {
     }
 }
 
+/// Validated hyper-parameters of the next optimizer step.
+enum Hyper {
+    Adam(AdamParams),
+    Adagrad(AdagradParams),
+    Lion(LionParams),
+    Lamb(LambParams),
+    Sgd(SgdParams),
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// Sum of squares of `s` (as f64) in eight lanes, added lane by lane: the same order, so
-/// the same bits, however the compiler vectorizes it.
+/// Sum of squares of `s` (as f64) in 32 lanes (enough independent additions to hide their
+/// latency), added lane by lane in a fixed order: the same bits however the compiler
+/// vectorizes it.
 #[inline(always)]
 fn lanes<T: Copy>(s: &[T], f: impl Fn(T) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut it = s.chunks_exact(8);
+    const L: usize = 32;
+    let mut acc = [0f64; L];
+    let mut it = s.chunks_exact(L);
     for c in &mut it {
-        for j in 0..8 {
+        for j in 0..L {
             let x = f(c[j]);
             acc[j] += x * x;
         }
@@ -1452,7 +1574,14 @@ fn lanes<T: Copy>(s: &[T], f: impl Fn(T) -> f64) -> f64 {
         let x = f(v);
         acc[j] += x * x;
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    let mut w = L;
+    while w > 1 {
+        w /= 2;
+        for j in 0..w {
+            acc[j] += acc[j + w];
+        }
+    }
+    acc[0]
 }
 
 fn sum_squares_f32(s: &[f32]) -> f64 {
