@@ -46,7 +46,7 @@ DSRS_OP_EXPORT int32_t dsrs_cpu_adagrad_step(const dsrs_cpu_adagrad_config* cfg,
     }
     const int32_t s = check_buffers(b->params, b->grads, b->exp_avg, b->exp_avg_sq, b->param_copy,
                                     b->n, b->params_dtype, b->grads_dtype, b->copy_dtype,
-                                    b->reserved, false, true);
+                                    b->flags, false, true);
     if (s != DSRS_OP_OK) {
         return s;
     }
@@ -62,11 +62,13 @@ DSRS_OP_EXPORT int32_t dsrs_cpu_adagrad_step(const dsrs_cpu_adagrad_config* cfg,
     if (cfg->weight_decay > 0.0f) {
         const AdagradOp<true> op{inv, -cfg->lr, cfg->eps, cfg->weight_decay};
         dispatch(op, b->params_dtype, b->grads_dtype, b->copy_dtype, b->params, b->grads,
-                 b->exp_avg_sq, nullptr, b->param_copy, b->n, cfg->num_threads);
+                 b->exp_avg_sq, nullptr, b->param_copy, b->n, cfg->num_threads,
+                 (b->flags & DSRS_OPTIM_ZERO_GRADS) != 0);
     } else {
         const AdagradOp<false> op{inv, -cfg->lr, cfg->eps, 0.0f};
         dispatch(op, b->params_dtype, b->grads_dtype, b->copy_dtype, b->params, b->grads,
-                 b->exp_avg_sq, nullptr, b->param_copy, b->n, cfg->num_threads);
+                 b->exp_avg_sq, nullptr, b->param_copy, b->n, cfg->num_threads,
+                 (b->flags & DSRS_OPTIM_ZERO_GRADS) != 0);
     }
     return DSRS_OP_OK;
 }

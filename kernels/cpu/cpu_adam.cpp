@@ -59,7 +59,8 @@ struct AdamOp {
 template <int D>
 void step(const AdamOp<D>& op, const dsrs_cpu_optim_buffers* b, int32_t threads) {
     dispatch(op, b->params_dtype, b->grads_dtype, b->copy_dtype, b->params, b->grads, b->exp_avg,
-             b->exp_avg_sq, b->param_copy, b->n, threads);
+             b->exp_avg_sq, b->param_copy, b->n, threads,
+                 (b->flags & DSRS_OPTIM_ZERO_GRADS) != 0);
 }
 
 } // namespace
@@ -71,7 +72,7 @@ DSRS_OP_EXPORT int32_t dsrs_cpu_adam_step(const dsrs_cpu_adam_config* cfg,
     }
     const int32_t s = check_buffers(b->params, b->grads, b->exp_avg, b->exp_avg_sq, b->param_copy,
                                     b->n, b->params_dtype, b->grads_dtype, b->copy_dtype,
-                                    b->reserved, true, true);
+                                    b->flags, true, true);
     if (s != DSRS_OP_OK) {
         return s;
     }
@@ -140,5 +141,5 @@ static_assert(offsetof(dsrs_cpu_adam_config, grad_scale) == 40, "grad_scale at 4
 static_assert(offsetof(dsrs_cpu_adam_config, num_threads) == 44, "num_threads at 44");
 static_assert(sizeof(dsrs_cpu_optim_buffers) == 64, "dsrs_cpu_optim_buffers is 64 bytes");
 static_assert(offsetof(dsrs_cpu_optim_buffers, n) == 40, "n at 40");
-static_assert(offsetof(dsrs_cpu_optim_buffers, reserved) == 60, "reserved at 60");
+static_assert(offsetof(dsrs_cpu_optim_buffers, flags) == 60, "flags at 60");
 #endif

@@ -52,7 +52,7 @@ DSRS_OP_EXPORT int32_t dsrs_cpu_lion_step(const dsrs_cpu_lion_config* cfg,
     }
     const int32_t s = check_buffers(b->params, b->grads, b->exp_avg, b->exp_avg_sq, b->param_copy,
                                     b->n, b->params_dtype, b->grads_dtype, b->copy_dtype,
-                                    b->reserved, true, false);
+                                    b->flags, true, false);
     if (s != DSRS_OP_OK) {
         return s;
     }
@@ -69,11 +69,13 @@ DSRS_OP_EXPORT int32_t dsrs_cpu_lion_step(const dsrs_cpu_lion_config* cfg,
     if (cfg->weight_decay > 0.0f) {
         const LionOp<true> op{inv, b1, 1.0f - b1, b2, 1.0f - b2, lr, 1.0f - lr * cfg->weight_decay};
         dispatch(op, b->params_dtype, b->grads_dtype, b->copy_dtype, b->params, b->grads,
-                 b->exp_avg, nullptr, b->param_copy, b->n, cfg->num_threads);
+                 b->exp_avg, nullptr, b->param_copy, b->n, cfg->num_threads,
+                 (b->flags & DSRS_OPTIM_ZERO_GRADS) != 0);
     } else {
         const LionOp<false> op{inv, b1, 1.0f - b1, b2, 1.0f - b2, lr, 1.0f};
         dispatch(op, b->params_dtype, b->grads_dtype, b->copy_dtype, b->params, b->grads,
-                 b->exp_avg, nullptr, b->param_copy, b->n, cfg->num_threads);
+                 b->exp_avg, nullptr, b->param_copy, b->n, cfg->num_threads,
+                 (b->flags & DSRS_OPTIM_ZERO_GRADS) != 0);
     }
     return DSRS_OP_OK;
 }

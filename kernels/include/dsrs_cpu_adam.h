@@ -59,7 +59,7 @@ typedef struct dsrs_cpu_adam_config {
  * writing param_copy when it is not NULL.
  * Returns DSRS_OP_OK; DSRS_OP_ERR_NULL when cfg or b is NULL or, with n > 0, a required
  * array is NULL; DSRS_OP_ERR_CONFIG when a field is out of range (see the struct;
- * adamw_mode and bias_correction must be 0 or 1; reserved must be 0); DSRS_OP_ERR_DTYPE for
+ * adamw_mode and bias_correction must be 0 or 1; flags must be 0 or DSRS_OPTIM_ZERO_GRADS); DSRS_OP_ERR_DTYPE for
  * a dtype combination dsrs_cpu_optim.h does not list. Nothing is written on error.
  */
 DSRS_OP_EXPORT int32_t dsrs_cpu_adam_step(const dsrs_cpu_adam_config* cfg,

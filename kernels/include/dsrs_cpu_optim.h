@@ -26,13 +26,18 @@ extern "C" {
 #define DSRS_OPTIM_F16 1
 #define DSRS_OPTIM_BF16 2
 
+/* flags: zero the gradients after the step has read them (the training engine's zero_grad,
+ * fused into the step's pass: each tile is zeroed while it is in cache). grads must then be
+ * writable. The step's results do not change. */
+#define DSRS_OPTIM_ZERO_GRADS 1
+
 /* A status beyond dsrs_op.h's: an unsupported dtype combination. */
 #define DSRS_OP_ERR_DTYPE 3
 
 /*
  * The arrays of one step. Layout (C, natural alignment; 64 bytes, align 8):
  *   0 params, 8 grads, 16 exp_avg, 24 exp_avg_sq, 32 param_copy (pointers),
- *   40 n (uint64), 48 params_dtype, 52 grads_dtype, 56 copy_dtype, 60 reserved (int32)
+ *   40 n (uint64), 48 params_dtype, 52 grads_dtype, 56 copy_dtype, 60 flags (int32)
  */
 typedef struct dsrs_cpu_optim_buffers {
     void* params;           /* n elements of params_dtype, updated in place */
@@ -44,7 +49,7 @@ typedef struct dsrs_cpu_optim_buffers {
     int32_t params_dtype;   /* DSRS_OPTIM_* */
     int32_t grads_dtype;    /* DSRS_OPTIM_* */
     int32_t copy_dtype;     /* DSRS_OPTIM_F16 or DSRS_OPTIM_BF16; ignored when param_copy is NULL */
-    int32_t reserved;       /* must be 0 */
+    int32_t flags;          /* 0, or DSRS_OPTIM_ZERO_GRADS */
 } dsrs_cpu_optim_buffers;
 
 #if defined(__cplusplus)

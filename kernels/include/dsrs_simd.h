@@ -407,10 +407,19 @@ DSRS_VEC_TARGET void drive(const Op& op, typename P::T* DSRS_RESTRICT p, const t
 // Elements per tile handed to a thread (32 KiB of fp32 per array).
 constexpr uint64_t kTile = 8192;
 
+// Zeroes len gradients from g on: the engine's zero_grad fused into the step's pass, done
+// per tile right after the tile was read, while it is in cache.
+template <class G>
+inline void zero_tile(const typename G::T* g, uint64_t len) {
+    std::memset((void*)g, 0, (size_t)len * sizeof(typename G::T));
+}
+
 // Runs drive<> over n elements: one streaming pass on one thread, or kTile-element tiles
-// split statically over OpenMP threads (each thread one contiguous run of tiles).
+// split statically over OpenMP threads (each thread one contiguous run of tiles). With
+// zero_g the gradients are zeroed tile by tile after use (DSRS_OPTIM_ZERO_GRADS).
 template <class Op, class P, class G, class C>
-void run(const Op& op, void* p, const void* g, float* s0, float* s1, void* c, uint64_t n, int32_t threads) {
+void run(const Op& op, void* p, const void* g, float* s0, float* s1, void* c, uint64_t n, int32_t threads,
+         bool zero_g) {
     typedef typename P::T PT;
     typedef typename G::T GT;
     typedef typename C::T CT;
@@ -431,13 +440,25 @@ void run(const Op& op, void* p, const void* g, float* s0, float* s1, void* c, ui
             const uint64_t len = n - b < kTile ? n - b : kTile;
             drive<Op, P, G, C>(op, pp + b, gp + b, s0 + b, s1 == nullptr ? nullptr : s1 + b,
                                cp == nullptr ? cp : at(cp, b), len);
+            if (zero_g) {
+                zero_tile<G>(gp + b, len);
+            }
         }
         return;
     }
 #else
     (void)threads;
 #endif
-    drive<Op, P, G, C>(op, pp, gp, s0, s1, cp, n);
+    if (!zero_g) {
+        drive<Op, P, G, C>(op, pp, gp, s0, s1, cp, n);
+        return;
+    }
+    for (uint64_t b = 0; b < n; b += kTile) {
+        const uint64_t len = n - b < kTile ? n - b : kTile;
+        drive<Op, P, G, C>(op, pp + b, gp + b, s0 + b, s1 == nullptr ? nullptr : s1 + b,
+                           cp == nullptr ? cp : at(cp, b), len);
+        zero_tile<G>(gp + b, len);
+    }
 }
 
 // Picks the instantiation for the dtype codes. The combinations (checked by the caller with
@@ -445,13 +466,13 @@ void run(const Op& op, void* p, const void* g, float* s0, float* s1, void* c, ui
 // copy (fp16 or bf16) only of fp32 parameters.
 template <class Op, class P, class G>
 void run_copy(const Op& op, int32_t copy_dtype, void* p, const void* g, float* s0, float* s1, void* c,
-              uint64_t n, int32_t threads) {
+              uint64_t n, int32_t threads, bool zero_g) {
     if (c == nullptr) {
-        run<Op, P, G, NoCopy>(op, p, g, s0, s1, nullptr, n, threads);
+        run<Op, P, G, NoCopy>(op, p, g, s0, s1, nullptr, n, threads, zero_g);
     } else if (copy_dtype == kF16) {
-        run<Op, P, G, F16>(op, p, g, s0, s1, c, n, threads);
+        run<Op, P, G, F16>(op, p, g, s0, s1, c, n, threads, zero_g);
     } else {
-        run<Op, P, G, BF16>(op, p, g, s0, s1, c, n, threads);
+        run<Op, P, G, BF16>(op, p, g, s0, s1, c, n, threads, zero_g);
     }
 }
 
@@ -472,26 +493,26 @@ inline bool valid_dtypes(int32_t pd, int32_t gd, bool has_copy, int32_t cd) {
 
 template <class Op>
 void dispatch(const Op& op, int32_t pd, int32_t gd, int32_t cd, void* p, const void* g, float* s0, float* s1,
-              void* c, uint64_t n, int32_t threads) {
+              void* c, uint64_t n, int32_t threads, bool zero_g) {
     if (pd == kF32) {
         if (gd == kF32) {
-            run_copy<Op, F32, F32>(op, cd, p, g, s0, s1, c, n, threads);
+            run_copy<Op, F32, F32>(op, cd, p, g, s0, s1, c, n, threads, zero_g);
         } else if (gd == kF16) {
-            run_copy<Op, F32, F16>(op, cd, p, g, s0, s1, c, n, threads);
+            run_copy<Op, F32, F16>(op, cd, p, g, s0, s1, c, n, threads, zero_g);
         } else {
-            run_copy<Op, F32, BF16>(op, cd, p, g, s0, s1, c, n, threads);
+            run_copy<Op, F32, BF16>(op, cd, p, g, s0, s1, c, n, threads, zero_g);
         }
     } else if (pd == kF16) {
         if (gd == kF16) {
-            run<Op, F16, F16, NoCopy>(op, p, g, s0, s1, nullptr, n, threads);
+            run<Op, F16, F16, NoCopy>(op, p, g, s0, s1, nullptr, n, threads, zero_g);
         } else {
-            run<Op, F16, F32, NoCopy>(op, p, g, s0, s1, nullptr, n, threads);
+            run<Op, F16, F32, NoCopy>(op, p, g, s0, s1, nullptr, n, threads, zero_g);
         }
     } else {
         if (gd == kBF16) {
-            run<Op, BF16, BF16, NoCopy>(op, p, g, s0, s1, nullptr, n, threads);
+            run<Op, BF16, BF16, NoCopy>(op, p, g, s0, s1, nullptr, n, threads, zero_g);
         } else {
-            run<Op, BF16, F32, NoCopy>(op, p, g, s0, s1, nullptr, n, threads);
+            run<Op, BF16, F32, NoCopy>(op, p, g, s0, s1, nullptr, n, threads, zero_g);
         }
     }
 }
@@ -500,12 +521,12 @@ void dispatch(const Op& op, int32_t pd, int32_t gd, int32_t cd, void* p, const v
 // exp_avg / exp_avg_sq are required. Returns a DSRS_OP_* status.
 inline int32_t check_buffers(const void* params, const void* grads, const void* exp_avg,
                              const void* exp_avg_sq, const void* copy, uint64_t n, int32_t pd,
-                             int32_t gd, int32_t cd, int32_t reserved, bool need_m, bool need_v) {
+                             int32_t gd, int32_t cd, int32_t flags, bool need_m, bool need_v) {
     if (n > 0 && (params == nullptr || grads == nullptr || (need_m && exp_avg == nullptr) ||
                   (need_v && exp_avg_sq == nullptr))) {
         return DSRS_OP_ERR_NULL;
     }
-    if (reserved != 0) {
+    if ((flags & ~DSRS_OPTIM_ZERO_GRADS) != 0) {
         return DSRS_OP_ERR_CONFIG;
     }
     if (!valid_dtypes(pd, gd, copy != nullptr, cd)) {

@@ -9,11 +9,16 @@
 use std::ffi::c_void;
 
 use super::{
-    AdagradParams, AdamParams, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran, reference,
+    AdagradParams, AdamParams, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran, StepGrads,
+    reference,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::kernels::{self, EntryPoints};
+
+/// `DSRS_OPTIM_ZERO_GRADS` (dsrs_cpu_optim.h): the kernel zeroes the gradients after the
+/// step has read them.
+pub const ZERO_GRADS: i32 = 1;
 
 /// `dsrs_cpu_optim_buffers` (dsrs_cpu_optim.h), 64 bytes.
 #[repr(C)]
@@ -37,8 +42,8 @@ pub struct KernelBuffers {
     pub grads_dtype: i32,
     /// `DSRS_OPTIM_*` of the copy.
     pub copy_dtype: i32,
-    /// Zero.
-    pub reserved: i32,
+    /// 0, or [`ZERO_GRADS`]: zero the gradients after reading them.
+    pub flags: i32,
 }
 
 #[repr(C)]
@@ -176,7 +181,7 @@ fn buffers(
         params_dtype: dtype_code(params.dtype())?,
         grads_dtype: dtype_code(grads.dtype())?,
         copy_dtype: copy.as_ref().map_or(Ok(0), |c| dtype_code(c.dtype()))?,
-        reserved: 0,
+        flags: 0,
     })
 }
 
@@ -184,10 +189,10 @@ fn buffers(
 /// optimizer has no such state.
 type States<'a> = [Option<&'a mut [f32]>; 2];
 
-/// The arrays of one step.
-struct Arrays<'a> {
+/// The arrays of one step (`G`: the gradients, read only for the reference).
+struct Arrays<'a, G = GradsRef<'a>> {
     params: ParamsMut<'a>,
-    grads: GradsRef<'a>,
+    grads: G,
     states: States<'a>,
     copy: Option<CopyMut<'a>>,
 }
@@ -199,20 +204,30 @@ fn run<C>(
     names: OpNames,
     exec: &Exec,
     cfg: impl FnOnce(i32) -> C,
-    arrays: Arrays<'_>,
+    arrays: Arrays<'_, StepGrads<'_>>,
     reference: impl FnOnce(Arrays<'_>) -> Result<()>,
 ) -> Result<Ran> {
     let nt = threads(exec)?;
-    let Some(k) = kernel_for(names, exec)? else {
-        reference(arrays)?;
-        return Ok(Ran::Reference);
-    };
     let Arrays {
         mut params,
-        grads,
+        grads: mut step_grads,
         states,
         mut copy,
     } = arrays;
+    let Some(k) = kernel_for(names, exec)? else {
+        reference(Arrays {
+            params,
+            grads: step_grads.as_ref(),
+            states,
+            copy,
+        })?;
+        if let StepGrads::ReadAndZero(g) = &mut step_grads {
+            g.zero();
+        }
+        return Ok(Ran::Reference);
+    };
+    let zero = step_grads.zeroes();
+    let grads = step_grads.as_ref();
     let what = names.op.trim_start_matches("cpu_");
     super::check_dtypes(
         what,
@@ -231,7 +246,12 @@ fn run<C>(
     if let Some(c) = &copy {
         super::check_len(what, n, &[("param_copy", c.len())])?;
     }
-    let b = buffers(&mut params, &grads, m, v, &mut copy)?;
+    let mut b = buffers(&mut params, &grads, m, v, &mut copy)?;
+    if zero {
+        // The kernel writes zeros through `grads` after reading: `step_grads` holds the
+        // gradients mutably for the call (ReadAndZero), so nothing else can observe them.
+        b.flags = ZERO_GRADS;
+    }
     let cfg = cfg(nt);
     // SAFETY: the symbol is `int32_t dsrs_cpu_<op>_step(const <config>*, const
     // dsrs_cpu_optim_buffers*)` with `C` the config's #[repr(C)] mirror; the buffers point
@@ -246,10 +266,10 @@ fn run<C>(
 }
 
 /// One Adam/AdamW step on host memory (see [`reference::adam_step`] for the formula).
-pub fn adam_step(
+pub fn adam_step<'g>(
     hp: &AdamParams,
     params: ParamsMut<'_>,
-    grads: GradsRef<'_>,
+    grads: impl Into<StepGrads<'g>>,
     exp_avg: &mut [f32],
     exp_avg_sq: &mut [f32],
     copy: Option<CopyMut<'_>>,
@@ -274,7 +294,7 @@ pub fn adam_step(
         cfg,
         Arrays {
             params,
-            grads,
+            grads: grads.into(),
             states: [Some(exp_avg), Some(exp_avg_sq)],
             copy,
         },
@@ -286,10 +306,10 @@ pub fn adam_step(
 }
 
 /// One Adagrad step on host memory (see [`reference::adagrad_step`]).
-pub fn adagrad_step(
+pub fn adagrad_step<'g>(
     hp: &AdagradParams,
     params: ParamsMut<'_>,
-    grads: GradsRef<'_>,
+    grads: impl Into<StepGrads<'g>>,
     exp_avg_sq: &mut [f32],
     copy: Option<CopyMut<'_>>,
     exec: &Exec,
@@ -308,7 +328,7 @@ pub fn adagrad_step(
         cfg,
         Arrays {
             params,
-            grads,
+            grads: grads.into(),
             states: [None, Some(exp_avg_sq)],
             copy,
         },
@@ -320,10 +340,10 @@ pub fn adagrad_step(
 }
 
 /// One Lion step on host memory (see [`reference::lion_step`]).
-pub fn lion_step(
+pub fn lion_step<'g>(
     hp: &LionParams,
     params: ParamsMut<'_>,
-    grads: GradsRef<'_>,
+    grads: impl Into<StepGrads<'g>>,
     exp_avg: &mut [f32],
     copy: Option<CopyMut<'_>>,
     exec: &Exec,
@@ -343,7 +363,7 @@ pub fn lion_step(
         cfg,
         Arrays {
             params,
-            grads,
+            grads: grads.into(),
             states: [Some(exp_avg), None],
             copy,
         },
@@ -363,7 +383,7 @@ mod tests {
     fn layouts_match_the_headers() {
         assert_eq!(size_of::<KernelBuffers>(), 64);
         assert_eq!(offset_of!(KernelBuffers, n), 40);
-        assert_eq!(offset_of!(KernelBuffers, reserved), 60);
+        assert_eq!(offset_of!(KernelBuffers, flags), 60);
         assert_eq!(size_of::<AdamConfig>(), 48);
         assert_eq!(offset_of!(AdamConfig, step), 32);
         assert_eq!(offset_of!(AdamConfig, num_threads), 44);

@@ -302,6 +302,75 @@ pub enum GradsRef<'a> {
     BF16(&'a [bf16]),
 }
 
+/// Gradients a step may zero after reading them: fp32, fp16 or bf16.
+#[derive(Debug)]
+pub enum GradsMut<'a> {
+    /// fp32.
+    F32(&'a mut [f32]),
+    /// fp16.
+    F16(&'a mut [f16]),
+    /// bf16.
+    BF16(&'a mut [bf16]),
+}
+
+impl GradsMut<'_> {
+    /// A shared view of the same gradients.
+    pub fn as_ref(&self) -> GradsRef<'_> {
+        match self {
+            GradsMut::F32(s) => GradsRef::F32(s),
+            GradsMut::F16(s) => GradsRef::F16(s),
+            GradsMut::BF16(s) => GradsRef::BF16(s),
+        }
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero(&mut self) {
+        match self {
+            GradsMut::F32(s) => s.fill(0.0),
+            GradsMut::F16(s) => s.fill(f16::ZERO),
+            GradsMut::BF16(s) => s.fill(bf16::ZERO),
+        }
+    }
+}
+
+/// The gradients of a CPU step: only read, or read and then zeroed in the same pass (the
+/// training engine's `zero_grad` fused into the step: each tile is zeroed right after the
+/// kernel read it, while it is in cache). The step's results are the same either way.
+#[derive(Debug)]
+pub enum StepGrads<'a> {
+    /// Read only.
+    Read(GradsRef<'a>),
+    /// Read, then set to zero.
+    ReadAndZero(GradsMut<'a>),
+}
+
+impl<'a> From<GradsRef<'a>> for StepGrads<'a> {
+    fn from(g: GradsRef<'a>) -> Self {
+        StepGrads::Read(g)
+    }
+}
+
+impl<'a> From<GradsMut<'a>> for StepGrads<'a> {
+    fn from(g: GradsMut<'a>) -> Self {
+        StepGrads::ReadAndZero(g)
+    }
+}
+
+impl StepGrads<'_> {
+    /// A shared view of the gradients.
+    pub fn as_ref(&self) -> GradsRef<'_> {
+        match self {
+            StepGrads::Read(g) => *g,
+            StepGrads::ReadAndZero(g) => g.as_ref(),
+        }
+    }
+
+    /// Whether the step zeroes them.
+    pub fn zeroes(&self) -> bool {
+        matches!(self, StepGrads::ReadAndZero(_))
+    }
+}
+
 /// The low-precision copy of the updated parameters a CPU step may write.
 #[derive(Debug)]
 pub enum CopyMut<'a> {
