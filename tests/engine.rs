@@ -816,20 +816,40 @@ fn views_layout_and_errors() {
     assert!(e.param_index("nope").is_err());
 }
 
-/// The optimizer runs through the op registry's kernel unless the reference is asked for.
+/// The optimizer runs through the op registry's kernel unless the reference is asked for;
+/// the kernel zeroes the gradients in its own pass (one thread, several threads) and the
+/// reference after it, with bit-identical results.
 #[test]
-fn optimizer_backend_is_reported() {
-    let cfg = r#"{"train_batch_size": 1, "optimizer": {"type": "Adam", "params": {"lr": 0.001}}}"#;
-    let (mut rng, _) = Rng::new(7);
-    for backend in [Backend::Reference, Backend::Auto] {
+fn optimizer_backends_agree_and_zero_the_gradients() {
+    let cfg = r#"{"train_batch_size": 1, "bf16": {"enabled": true},
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.1}}}"#;
+    let (mut rng, seed) = Rng::new(7);
+    let n = 3 * 8192 + 77; // several kernel tiles and a partial one
+    let init = rng.vec(n, 0.5);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(n, 1.0)).collect();
+    let mut results = Vec::new();
+    for (backend, threads) in [
+        (Backend::Reference, 0),
+        (Backend::Auto, 1),
+        (Backend::Auto, 0),
+    ] {
         let mut e = engine(cfg);
         e.set_exec(Exec {
             backend,
+            num_threads: threads,
             ..Exec::default()
         });
-        register(&mut e, &mut rng, &[("w", vec![100])]);
-        add_grad(&mut e, 0, &rng.vec(100, 1.0));
-        e.step().unwrap();
+        e.register_param("w", &[n as i64], ParamData::f32(&init), true)
+            .unwrap();
+        e.finalize().unwrap();
+        for g in &grads {
+            add_grad(&mut e, 0, g);
+            e.step().unwrap();
+            assert!(
+                e.grad_f32_mut(0).unwrap().iter().all(|&x| x == 0.0),
+                "{backend:?} {threads} threads: gradients not zeroed"
+            );
+        }
         let s = e.stats_json();
         let imp = s["optimizer"]["implementation"]
             .as_str()
@@ -842,8 +862,17 @@ fn optimizer_backend_is_reported() {
                 "{imp}"
             ),
         }
-        assert_eq!(s["global_steps"], 1);
+        assert_eq!(s["global_steps"], 3);
+        results.push(snapshot(&e, &["exp_avg", "exp_avg_sq", "master"]));
     }
+    assert_eq!(
+        results[0], results[1],
+        "seed {seed}: kernel (1 thread) vs reference"
+    );
+    assert_eq!(
+        results[0], results[2],
+        "seed {seed}: kernel (threads) vs reference"
+    );
 }
 
 /// A finalize that runs out of memory loses nothing: after memory is freed it resumes, and

@@ -19,7 +19,8 @@
 //! 4. runs the optimizer through the op registry's kernels (`cpu_adam`, `cpu_adagrad`,
 //!    `cpu_lion`), which write the compute-dtype copy of fp32 master weights in the same
 //!    pass, with the pure-Rust reference as fallback (logged once);
-//! 5. steps the LR schedule and the loss scaler, and zeroes the gradients.
+//! 5. zeroes the gradients inside the same kernel pass (each tile right after it was read,
+//!    while in cache), and steps the LR schedule and the loss scaler.
 //!
 //! # Storage
 //!
@@ -51,7 +52,7 @@ use crate::engine::lr_schedule::LrScheduler;
 use crate::error::{Error, Result};
 use crate::ops::optim::lamb::{LambParams, lamb_step_reference};
 use crate::ops::optim::{
-    AdagradParams, AdamParams, CopyMut, Exec, GradsRef, LionParams, ParamsMut, Ran, cpu,
+    AdagradParams, AdamParams, CopyMut, Exec, GradsMut, GradsRef, LionParams, ParamsMut, Ran, cpu,
 };
 
 /// Every parameter's offset in its group's flat buffers is a multiple of this many elements
@@ -526,7 +527,9 @@ impl Engine {
 
     /// [`Engine::new`] from ds_config text (JSON with comments and trailing commas).
     pub fn from_json_str(accel: Arc<dyn Accelerator>, text: &str) -> Result<Engine> {
-        let config = DsConfig::parse_str(text, &ParseOptions::default())?;
+        // Syntax errors are InvalidJson (with line and column), schema errors InvalidConfig.
+        let doc = crate::engine::config::read_lenient_json(text, "ds_config")?;
+        let config = DsConfig::from_value(&doc, &ParseOptions::default())?;
         Engine::new(accel, config)
     }
 
@@ -1154,6 +1157,7 @@ impl Engine {
         } else {
             let t = Instant::now();
             let ran = self.run_optimizer(hp, total as f32);
+            // The step zeroes the gradients in its own pass: no separate zero_grad.
             self.timers.add("optimizer_step", ms_since(t));
             if let Err(e) = ran {
                 // Kernels validate before writing: nothing changed; the host may retry.
@@ -1164,9 +1168,6 @@ impl Engine {
                 }
                 return Err(e);
             }
-            let t = Instant::now();
-            self.zero_grads();
-            self.timers.add("zero_grad", ms_since(t));
             self.applied_steps += 1;
             self.global_steps += 1;
             // A clean step never errors (only overflows at the minimum scale do).
@@ -1439,7 +1440,8 @@ impl Engine {
         Ok(hp)
     }
 
-    /// The optimizer over the trainable group, gradients divided by `gs` (finite, > 0).
+    /// The optimizer over the trainable group, gradients divided by `gs` (finite, > 0),
+    /// then zeroed (by the kernels in the same pass, tile by tile while in cache).
     fn run_optimizer(&mut self, hp: Hyper, gs: f32) -> Result<()> {
         let g = &self.groups[0];
         let n = g.len;
@@ -1447,11 +1449,11 @@ impl Engine {
         // SAFETY (all slices below): disjoint engine buffers of `n` elements of their
         // dtypes; `&mut self` excludes other engine access, and the host does not touch
         // them during step.
-        let grads: GradsRef<'_> = unsafe {
+        let mut grads: GradsMut<'_> = unsafe {
             match grads_flat.dtype {
-                DType::F32 => GradsRef::F32(grads_flat.slice(0, n)),
-                DType::F16 => GradsRef::F16(grads_flat.slice(0, n)),
-                DType::BF16 => GradsRef::BF16(grads_flat.slice(0, n)),
+                DType::F32 => GradsMut::F32(grads_flat.slice_mut(0, n)),
+                DType::F16 => GradsMut::F16(grads_flat.slice_mut(0, n)),
+                DType::BF16 => GradsMut::BF16(grads_flat.slice_mut(0, n)),
                 d => return Err(Error::Internal(format!("gradient dtype {}", d.name()))),
             }
         };
@@ -1500,10 +1502,11 @@ impl Engine {
                 let ParamsMut::F32(master) = params else {
                     unreachable!("LAMB runs on fp32 parameters or masters")
                 };
+                let all = grads.as_ref();
                 for &i in &g.params {
                     let p = &self.params[i];
                     let r = p.offset..p.offset + p.numel;
-                    let gr = match grads {
+                    let gr = match all {
                         GradsRef::F32(s) => GradsRef::F32(&s[r.clone()]),
                         GradsRef::F16(s) => GradsRef::F16(&s[r.clone()]),
                         GradsRef::BF16(s) => GradsRef::BF16(&s[r.clone()]),
@@ -1519,6 +1522,7 @@ impl Engine {
                 if let Some(mut c) = copy {
                     copy_down(master, &mut c);
                 }
+                grads.zero();
                 Ran::Reference
             }
             Hyper::Sgd(mut hp) => {
@@ -1531,10 +1535,11 @@ impl Engine {
                 let ParamsMut::F32(p) = params else {
                     unreachable!("SGD runs on fp32 parameters or masters")
                 };
-                sgd_step(p, grads, buf, hp);
+                sgd_step(p, grads.as_ref(), buf, hp);
                 if let Some(mut c) = copy {
                     copy_down(p, &mut c);
                 }
+                grads.zero();
                 Ran::Reference
             }
         };
