@@ -1548,7 +1548,7 @@ dsrs_status dsrs_debug_panic(const char *message);
 /**
  * Creates a training engine on `accel` (NULL: the current accelerator, as
  * `dsrs_accelerator_get` selects it) from a ds_config JSON document. The document may have
- * `//`, `#` and `/* */` comments and trailing commas (DeepSpeed's hjson reader accepts
+ * `//`, `#` and C-style block comments and trailing commas (DeepSpeed's hjson reader accepts
  * them). Every error of the document is reported at once, one `path: message` per line
  * (DSRS_STATUS_INVALID_CONFIG); unknown top-level keys are warnings with a suggestion;
  * `"auto"` values must be filled first (`dsrs_config_fill_auto`). The config must have an

@@ -187,3 +187,21 @@ fn generated_names_carry_the_dsrs_prefix() {
     }
     assert!(checked > 20, "only {checked} names checked");
 }
+
+/// A doc comment that mentions a C comment (`/* */`) would end the header's comment early
+/// and break every C build; cbindgen copies doc comments verbatim.
+#[test]
+fn doc_comments_do_not_open_or_close_c_comments() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/deepspeed_rs.h");
+    let header = std::fs::read_to_string(path).unwrap();
+    for (i, line) in header.lines().enumerate() {
+        let body = line.trim_start();
+        if let Some(text) = body.strip_prefix("* ") {
+            assert!(
+                !text.contains("*/") && !text.contains("/*"),
+                "include/deepspeed_rs.h:{}: a comment opens or closes a C comment: {line}",
+                i + 1
+            );
+        }
+    }
+}

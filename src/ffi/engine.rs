@@ -104,7 +104,7 @@ fn dl_view(v: &TensorView<'_>) -> DLTensor {
 
 /// Creates a training engine on `accel` (NULL: the current accelerator, as
 /// `dsrs_accelerator_get` selects it) from a ds_config JSON document. The document may have
-/// `//`, `#` and `/* */` comments and trailing commas (DeepSpeed's hjson reader accepts
+/// `//`, `#` and C-style block comments and trailing commas (DeepSpeed's hjson reader accepts
 /// them). Every error of the document is reported at once, one `path: message` per line
 /// (DSRS_STATUS_INVALID_CONFIG); unknown top-level keys are warnings with a suggestion;
 /// `"auto"` values must be filled first (`dsrs_config_fill_auto`). The config must have an
@@ -484,7 +484,8 @@ pub unsafe extern "C" fn dsrs_config_check(
     ffi_body! {
         let text = arg_str(config_json, "config_json")?;
         let opts = ParseOptions { world_size: world_size.max(1) };
-        let c = DsConfig::parse_str(text, &opts).map_err(crate::Error::from)?;
+        let doc = config::read_lenient_json(text, "config_json")?;
+        let c = DsConfig::from_value(&doc, &opts).map_err(crate::Error::from)?;
         write_str_out(&c.to_json().to_string(), buf, len, needed)
     }
 }
