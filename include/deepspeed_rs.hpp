@@ -11,7 +11,7 @@
  *  - Every failing C call becomes a dsrs::Error (a std::runtime_error) carrying the
  *    dsrs_status and the library's last-error message (which names the function and the
  *    argument at fault).
- *  - Handle classes (Accelerator, Buffer, Stream, Event) are move-only and own one handle
+ *  - Handle classes (Accelerator, Buffer, Stream, Event, Engine) are move-only and own one handle
  *    each; their destructors call the matching dsrs_*_free and ignore its status. A
  *    moved-from object holds no handle; calling methods on it throws
  *    (DSRS_STATUS_NULL_ARGUMENT).
@@ -172,6 +172,9 @@ struct FreeStream {
 };
 struct FreeEvent {
   static void release(dsrs_event *h) noexcept { (void)dsrs_event_free(h); }
+};
+struct FreeEngine {
+  static void release(dsrs_engine *h) noexcept { (void)dsrs_engine_free(h); }
 };
 
 }  // namespace detail
@@ -679,6 +682,266 @@ class Buffer {
 
   detail::Handle<dsrs_buffer, detail::FreeBuffer> h_;
 };
+
+// ----------------------------------------------------------------------------------------
+// The training engine.
+
+/// The number of elements of a DLTensor (the product of its extents; 1 for a scalar).
+inline int64_t numel(const DLTensor &t) noexcept {
+  int64_t n = 1;
+  for (int32_t i = 0; i < t.ndim; ++i) n *= t.shape[i];
+  return n;
+}
+
+/// What one Engine::step did (dsrs_step_record with bools for the flags).
+struct StepRecord {
+  /// Optimizer steps so far, applied and skipped (DeepSpeed's global_steps).
+  uint64_t global_step = 0;
+  /// Micro steps so far.
+  uint64_t micro_step = 0;
+  /// Skipped optimizer steps so far.
+  uint64_t skipped_steps = 0;
+  /// This call ended a gradient-accumulation window.
+  bool boundary = false;
+  /// The optimizer step was applied (false off-boundary and when skipped).
+  bool applied = false;
+  /// Non-finite gradients were found: the step was skipped.
+  bool overflow = false;
+  /// The loss scale this window's gradients carried (1 without fp16).
+  double loss_scale = 1.0;
+  /// The learning rate the step used (off-boundary: the current one).
+  double lr = 0.0;
+  /// Global L2 norm of the averaged, unscaled gradients before clipping; NaN on overflow,
+  /// -1 off-boundary.
+  double grad_norm = -1.0;
+
+  StepRecord() = default;
+  /// From the C record.
+  explicit StepRecord(const dsrs_step_record &r) noexcept
+      : global_step(r.global_step),
+        micro_step(r.micro_step),
+        skipped_steps(r.skipped_steps),
+        boundary(r.boundary != 0),
+        applied(r.applied != 0),
+        overflow(r.overflow != 0),
+        loss_scale(r.loss_scale),
+        lr(r.lr),
+        grad_norm(r.grad_norm) {}
+};
+
+/// The resolved batch sizes: train = micro * accumulation steps * world size.
+struct BatchSizes {
+  uint64_t train_batch_size = 0;
+  uint64_t micro_batch_size = 0;
+  uint64_t gradient_accumulation_steps = 0;
+};
+
+/// A training engine configured by a DeepSpeed ds_config (JSON; comments and trailing
+/// commas allowed): the host registers its parameters, finalizes, then per micro batch ADDS
+/// its gradients (times loss_scale() under fp16) into grad(i) and calls step().
+///
+///   dsrs::Engine engine = dsrs::Engine::from_file("ds_config.json");
+///   engine.register_param("w", w.data(), {4, 3});       // std::vector<float> w(12)
+///   engine.finalize();
+///   DLTensor g = engine.grad("w");                        // fp32 under fp32/bf16 training
+///   static_cast<float *>(g.data)[0] += 0.5f;
+///   dsrs::StepRecord r = engine.step();
+class Engine {
+ public:
+  /// An engine from ds_config JSON text on the current accelerator.
+  explicit Engine(const std::string &config_json) : Engine(nullptr, config_json) {}
+  /// An engine from ds_config JSON text on `accel`.
+  Engine(const Accelerator &accel, const std::string &config_json)
+      : Engine(accel.get(), config_json) {}
+  /// Adopts a raw handle (freed by the destructor).
+  explicit Engine(dsrs_engine *handle) noexcept : h_(handle) {}
+
+  /// An engine from ds_config JSON text (`accel`: nullptr for the current accelerator).
+  static Engine from_json(const std::string &config_json, const Accelerator *accel = nullptr) {
+    return Engine(accel != nullptr ? accel->get() : nullptr, config_json);
+  }
+  /// An engine from a ds_config file (`accel`: nullptr for the current accelerator).
+  static Engine from_file(const std::string &path, const Accelerator *accel = nullptr) {
+    dsrs_engine *h = nullptr;
+    check(dsrs_engine_new_from_file(accel != nullptr ? accel->get() : nullptr, path.c_str(), &h));
+    return Engine(h);
+  }
+
+  /// The raw handle (still owned by this object).
+  dsrs_engine *get() const noexcept { return h_.get(); }
+  /// Gives up ownership of the raw handle.
+  dsrs_engine *release() noexcept { return h_.release(); }
+
+  /// Registers a parameter from a contiguous host tensor of any float dtype (copied);
+  /// returns its index. Trainable parameters are stored in the training precision, frozen
+  /// ones keep their dtype. Only before finalize().
+  size_t register_param(const std::string &name, const DLTensor &initial, bool trainable = true) {
+    size_t index = 0;
+    check(dsrs_engine_register_param(get(), name.c_str(), &initial, trainable ? 1 : 0, &index));
+    return index;
+  }
+  /// Registers a parameter of `shape` from host values (float or double, row-major).
+  template <class T>
+  size_t register_param(const std::string &name, const T *values, const std::vector<int64_t> &shape,
+                        bool trainable = true) {
+    static_assert(std::is_floating_point<T>::value, "register_param: T must be float or double");
+    std::vector<int64_t> dims(shape);
+    DLTensor t{};
+    t.data = const_cast<T *>(values);
+    t.device = DLDevice{kDLCPU, 0};
+    t.ndim = static_cast<int32_t>(dims.size());
+    t.dtype = dtype_of<T>();
+    t.shape = dims.empty() ? nullptr : dims.data();
+    return register_param(name, t, trainable);
+  }
+  /// Allocates the flat buffers, master weights and optimizer state; ends registration.
+  void finalize() { check(dsrs_engine_finalize(get())); }
+
+  /// How many parameters are registered.
+  size_t num_params() const {
+    size_t out = 0;
+    check(dsrs_engine_num_params(get(), &out));
+    return out;
+  }
+  /// The index of a parameter by name.
+  size_t param_index(const std::string &name) const {
+    size_t out = 0;
+    check(dsrs_engine_param_index(get(), name.c_str(), &out));
+    return out;
+  }
+  /// The name of the parameter at `index`.
+  std::string param_name(size_t index) const {
+    return read_string([this, index](char *b, size_t l, size_t *n) {
+      return dsrs_engine_param_name(get(), index, b, l, n);
+    });
+  }
+  /// Every parameter's name, in index order.
+  std::vector<std::string> param_names() const {
+    std::vector<std::string> out;
+    const size_t n = num_params();
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(param_name(i));
+    return out;
+  }
+
+  /// A zero-copy view of a parameter in the compute dtype (its shape is owned by the
+  /// engine and valid until it is freed; strides NULL). Writes are seen by the next step.
+  DLTensor param(size_t index) const {
+    DLTensor out{};
+    check(dsrs_engine_param(get(), index, &out));
+    return out;
+  }
+  DLTensor param(const std::string &name) const { return param(param_index(name)); }
+  /// A zero-copy view of a trainable parameter's gradient accumulator: ADD into it.
+  DLTensor grad(size_t index) const {
+    DLTensor out{};
+    check(dsrs_engine_grad(get(), index, &out));
+    return out;
+  }
+  DLTensor grad(const std::string &name) const { return grad(param_index(name)); }
+  /// A read-only fp32 view of an optimizer state ("exp_avg", "exp_avg_sq", "master",
+  /// "momentum_buffer").
+  DLTensor optimizer_state(size_t index, const std::string &state) const {
+    DLTensor out{};
+    check(dsrs_engine_optimizer_state(get(), index, state.c_str(), &out));
+    return out;
+  }
+  DLTensor optimizer_state(const std::string &name, const std::string &state) const {
+    return optimizer_state(param_index(name), state);
+  }
+
+  /// One micro step (at a boundary: average, unscale, overflow check, clip, optimizer,
+  /// schedule, zero the gradients) on `stream` (nullptr: current).
+  StepRecord step(const Stream *stream = nullptr) {
+    dsrs_step_record r{};
+    check(dsrs_engine_step(get(), stream != nullptr ? stream->get() : nullptr, &r));
+    return StepRecord(r);
+  }
+  /// Multiply the loss by this before backward (1 without fp16).
+  double loss_scale() const {
+    double out = 0.0;
+    check(dsrs_engine_loss_scale(get(), &out));
+    return out;
+  }
+  /// The learning rate of the next step.
+  double lr() const {
+    double out = 0.0;
+    check(dsrs_engine_get_lr(get(), &out));
+    return out;
+  }
+  /// Sets the learning rate (a schedule overrides it at its next step).
+  void set_lr(double lr) { check(dsrs_engine_set_lr(get(), lr)); }
+  /// The micro batch's unscaled loss, for progress lines and monitors.
+  void report_loss(double loss) { check(dsrs_engine_report_loss(get(), loss)); }
+  /// The resolved batch sizes.
+  BatchSizes batch_sizes() const {
+    BatchSizes b;
+    check(dsrs_engine_batch_sizes(get(), &b.train_batch_size, &b.micro_batch_size,
+                                  &b.gradient_accumulation_steps));
+    return b;
+  }
+  /// The resolved ds_config as JSON.
+  std::string config_json() const {
+    return read_string(
+        [this](char *b, size_t l, size_t *n) { return dsrs_engine_config_json(get(), b, l, n); });
+  }
+  /// Counters, loss-scaler and LR-schedule state, timers and the optimizer implementation,
+  /// as JSON.
+  std::string stats_json() const {
+    return read_string(
+        [this](char *b, size_t l, size_t *n) { return dsrs_engine_stats_json(get(), b, l, n); });
+  }
+
+ private:
+  Engine(dsrs_accelerator *accel, const std::string &config_json) {
+    dsrs_engine *h = nullptr;
+    check(dsrs_engine_new(accel, config_json.c_str(), &h));
+    h_ = detail::Handle<dsrs_engine, detail::FreeEngine>(h);
+  }
+
+  detail::Handle<dsrs_engine, detail::FreeEngine> h_;
+};
+
+/// The resolved ds_config (JSON) for `world_size` ranks; throws dsrs::Error
+/// (DSRS_STATUS_INVALID_CONFIG) whose message lists every problem, "path: message" per line.
+inline std::string config_check(const std::string &config_json, uint64_t world_size = 1) {
+  return read_string([&](char *b, size_t l, size_t *n) {
+    return dsrs_config_check(config_json.c_str(), world_size, b, l, n);
+  });
+}
+
+/// The paths holding "auto", as a JSON array of strings.
+inline std::string config_auto_paths_json(const std::string &config_json) {
+  return read_string([&](char *b, size_t l, size_t *n) {
+    return dsrs_config_auto_paths(config_json.c_str(), b, l, n);
+  });
+}
+
+/// The paths holding "auto" ("scheduler.params.total_num_steps", ...).
+inline std::vector<std::string> config_auto_paths(const std::string &config_json) {
+  const std::string json = config_auto_paths_json(config_json);
+  std::vector<std::string> out;
+  // A JSON array of strings; paths are keys joined by '.', so only \" and \\ need undoing.
+  for (size_t i = 0; i < json.size(); ++i) {
+    if (json[i] != '"') continue;
+    std::string s;
+    for (++i; i < json.size() && json[i] != '"'; ++i) {
+      if (json[i] == '\\' && i + 1 < json.size()) ++i;
+      s.push_back(json[i]);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+/// The document with the "auto" at `path` replaced by `value_json` (JSON text: "100",
+/// "\"WarmupLR\"", ...).
+inline std::string config_fill_auto(const std::string &config_json, const std::string &path,
+                                    const std::string &value_json) {
+  return read_string([&](char *b, size_t l, size_t *n) {
+    return dsrs_config_fill_auto(config_json.c_str(), path.c_str(), value_json.c_str(), b, l, n);
+  });
+}
 
 // ----------------------------------------------------------------------------------------
 

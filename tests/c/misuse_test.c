@@ -881,6 +881,36 @@ int main(void) {
     free(root);
   }
 
+  printf("-- the training engine (dsrs_engine_*): NULL, stale and wrong-type handles\n");
+  {
+    dsrs_engine *eng = NULL;
+    CHECK_OK(dsrs_engine_new(acc,
+                             "{\"train_batch_size\": 1, \"optimizer\": {\"type\": \"AdamW\", "
+                             "\"params\": {\"lr\": 0.1}}}",
+                             &eng));
+    CHECK_OK(dsrs_engine_free(eng));
+    size_t count = 0;
+    dsrs_step_record rec;
+    ABUSE("engine_num_params of a freed engine", dsrs_engine_num_params(eng, &count),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_engine_num_params", "'engine'", "stale dsrs_engine");
+    ABUSE("engine_step of a freed engine", dsrs_engine_step(eng, NULL, &rec),
+          DSRS_STATUS_STALE_HANDLE, "dsrs_engine_step", "'engine'", "stale dsrs_engine");
+    ABUSE("engine_free twice", dsrs_engine_free(eng), DSRS_STATUS_STALE_HANDLE, "dsrs_engine_free",
+          "'engine'", "stale dsrs_engine");
+    ABUSE("engine_step with a NULL engine", dsrs_engine_step(NULL, NULL, &rec),
+          DSRS_STATUS_NULL_ARGUMENT, "dsrs_engine_step", "'engine'");
+    ABUSE("engine_finalize of a buffer handle", dsrs_engine_finalize((dsrs_engine *)(void *)buf),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_engine_finalize", "'engine'", "dsrs_buffer",
+          "dsrs_engine");
+    ABUSE("engine_free of an accelerator handle", dsrs_engine_free((dsrs_engine *)(void *)acc),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_engine_free", "'engine'", "dsrs_accelerator");
+    ABUSE("buffer_size of a freed engine handle", dsrs_buffer_size((dsrs_buffer *)(void *)eng, &count),
+          DSRS_STATUS_WRONG_HANDLE_TYPE, "dsrs_buffer_size", "'buf'", "dsrs_engine");
+    int local = 0;
+    ABUSE("engine_set_lr of a stack address", dsrs_engine_set_lr((dsrs_engine *)(void *)&local, 1.0),
+          DSRS_STATUS_INVALID_HANDLE, "dsrs_engine_set_lr", "'engine'");
+  }
+
   CHECK_OK(dsrs_event_free(ev));
   CHECK_OK(dsrs_buffer_free(buf));
   CHECK_OK(dsrs_accelerator_free(other));

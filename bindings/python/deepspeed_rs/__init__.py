@@ -11,6 +11,11 @@ C ABI (``include/deepspeed_rs.h``), called through ctypes.
 >>> simd()                                    # see deepspeed_rs.ops
 b'avx2'
 
+The training engine (:class:`Engine`, :mod:`deepspeed_rs.engine`) trains parameters the host
+registers, configured by a DeepSpeed ds_config: the host computes gradients (numpy, or
+anything that writes into the engine's zero-copy views) and calls ``engine.step()`` per
+micro batch; ``examples/python/train_mlp.py`` is a complete host.
+
 Accelerator plugins (shared libraries exporting ``dsrs_accelerator_plugin_entry``, see
 ``examples/plugin_hostmem``) are loaded with :func:`load_accelerator_plugin` or listed in
 ``DSRS_ACCELERATOR_PLUGINS=path:path`` (read on first use); they are then created by name,
@@ -37,6 +42,15 @@ from . import _lib
 from ._lib import LOG_CALLBACK, encode, lib, read_string
 from .accelerator import Accelerator, DTypeSupport, Event, Graph, Stream
 from .buffer import Buffer, BufferView
+from . import config
+from .engine import (
+    BatchSizes,
+    Engine,
+    StepRecord,
+    config_auto_paths,
+    config_check,
+    config_fill_auto,
+)
 from .errors import (
     AbiMismatchError,
     BufferTooSmallError,
@@ -82,20 +96,27 @@ ABI_VERSION = _lib.EXPECTED_ABI_VERSION
 __all__ = [
     "ABI_VERSION",
     "Accelerator",
+    "BatchSizes",
     "Buffer",
     "BufferView",
     "DTypeSupport",
+    "Engine",
     "Event",
     "Graph",
     "LogLevel",
     "Op",
     "Stream",
+    "StepRecord",
     "abi_version",
     "accelerator_names",
     "adagrad_step",
     "adam_step",
     "cache_dir",
     "clear_last_error",
+    "config",
+    "config_auto_paths",
+    "config_check",
+    "config_fill_auto",
     "debug_panic",
     "define_op",
     "dequantize",
