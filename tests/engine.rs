@@ -994,3 +994,26 @@ fn csv_monitor_files_as_deepspeed_writes_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Not a test: times the engine's phases at 10M parameters (`cargo test --release --test
+/// engine -- --ignored --nocapture phase_times`).
+#[test]
+#[ignore]
+fn phase_times() {
+    let cfg = r#"{"train_batch_size": 1, "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.01}}}"#;
+    let mut e = engine(cfg);
+    let v = vec![0.01f32; 1_000_000];
+    for i in 0..10 {
+        e.register_param(&format!("p{i}"), &[1_000_000], ParamData::f32(&v), true)
+            .unwrap();
+    }
+    e.finalize().unwrap();
+    for _ in 0..30 {
+        for i in 0..10 {
+            e.grad_f32_mut(i).unwrap().fill(1e-3);
+        }
+        e.step().unwrap();
+    }
+    println!("{}", serde_json::to_string_pretty(&e.stats_json()["timers_ms"]).unwrap());
+}
