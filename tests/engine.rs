@@ -1015,5 +1015,8 @@ fn phase_times() {
         }
         e.step().unwrap();
     }
-    println!("{}", serde_json::to_string_pretty(&e.stats_json()["timers_ms"]).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&e.stats_json()["timers_ms"]).unwrap()
+    );
 }
