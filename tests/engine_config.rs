@@ -1574,11 +1574,11 @@ fn scheduler_block() {
     // errors of Schedule::from_json keep their path
     assert_eq!(
         errors(with(
-            json!({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 0}}})
+            json!({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": -1}}})
         )),
         pairs(&[(
             "scheduler.params.warmup_num_steps",
-            "expected a positive integer, got 0"
+            "expected a non-negative integer, got -1"
         )])
     );
     assert_eq!(
