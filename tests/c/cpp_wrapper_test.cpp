@@ -3,6 +3,7 @@
 // numbers, streams, events, ranges, moves and destructors. Data are random; the seed is
 // printed (DSRS_TEST_SEED=<seed> reproduces a run).
 #include "deepspeed_rs.hpp"
+#include "check.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -17,32 +18,6 @@
 #include <vector>
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                                                 \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                                    \
-    }                                                                                \
-  } while (0)
-
-// Runs `f`, which must throw dsrs::Error with `status` and a message containing `needle`.
-template <class F>
-void expect_error(const char *what, dsrs_status status, const char *needle, F &&f) {
-  try {
-    f();
-    std::fprintf(stderr, "%s: no exception (expected %s)\n", what, dsrs::status_name(status));
-    ++failures;
-  } catch (const dsrs::Error &e) {
-    std::printf("%s -> %s\n", what, e.what());
-    EXPECT(e.status() == status);
-    EXPECT(std::string(e.status_name()) == dsrs::status_name(status));
-    EXPECT(e.message().find(needle) != std::string::npos);
-    EXPECT(std::string(e.what()).find(dsrs::status_name(status)) != std::string::npos);
-  }
-}
 
 uint64_t seed_from_env_or_clock() {
   if (const char *s = std::getenv("DSRS_TEST_SEED"); s != nullptr && *s != '\0')
@@ -242,8 +217,8 @@ int main() {
   EXPECT(accel.device_count() >= 1);  // still works
 
   dsrs::set_log_level(old_level);
-  if (failures != 0) {
-    std::fprintf(stderr, "cpp_wrapper_test: %d check(s) FAILED\n", failures);
+  if (dsrs_test::failures != 0) {
+    std::fprintf(stderr, "cpp_wrapper_test: %d check(s) FAILED\n", dsrs_test::failures);
     return 1;
   }
   std::printf("cpp_wrapper_test: all checks passed\n");

@@ -3,6 +3,7 @@
 // failures as dsrs::Error with the C status. A small linear regression trains to its
 // target with SGD, through views obtained from the wrapper.
 #include "deepspeed_rs.hpp"
+#include "check.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -15,29 +16,6 @@
 #include "tmpdir.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                                                 \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                                    \
-    }                                                                                \
-  } while (0)
-
-template <class F>
-void expect_error(const char *what, dsrs_status status, const char *needle, F &&f) {
-  try {
-    f();
-    std::fprintf(stderr, "%s: no exception (expected %s)\n", what, dsrs::status_name(status));
-    ++failures;
-  } catch (const dsrs::Error &e) {
-    std::printf("%s -> %s\n", what, e.what());
-    EXPECT(e.status() == status);
-    EXPECT(e.message().find(needle) != std::string::npos);
-  }
-}
 
 const char *kConfig = R"({
   // y = 3 x - 1, one weight and one bias
@@ -165,8 +143,8 @@ int main() {
 
   test_tmpdir_remove(dir);
   std::free(dir);
-  if (failures != 0) {
-    std::fprintf(stderr, "engine_cpp_test: %d check(s) FAILED\n", failures);
+  if (dsrs_test::failures != 0) {
+    std::fprintf(stderr, "engine_cpp_test: %d check(s) FAILED\n", dsrs_test::failures);
     return 1;
   }
   std::printf("engine_cpp_test: all checks passed\n");

@@ -7,6 +7,7 @@
 // tests/c/CMakeLists.txt passes the plugins' paths (DSRS_TEST_PLUGIN_*). Data are random;
 // the seed is printed (DSRS_TEST_SEED=<seed> reproduces a run).
 #include "deepspeed_rs.hpp"
+#include "check.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -19,37 +20,6 @@
 #include <vector>
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                                                 \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: EXPECT failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                                    \
-    }                                                                                \
-  } while (0)
-
-// Runs `f`, which must throw dsrs::Error with `status` and a message containing every needle.
-template <class F>
-void expect_error(const char *what, dsrs_status status, std::vector<std::string> needles, F &&f) {
-  try {
-    f();
-    std::fprintf(stderr, "%s: no exception (expected %s)\n", what, dsrs::status_name(status));
-    ++failures;
-  } catch (const dsrs::Error &e) {
-    std::printf("%s -> %s\n", what, e.what());
-    EXPECT(e.status() == status);
-    EXPECT(std::string(e.status_name()) == dsrs::status_name(status));
-    EXPECT(std::string(e.what()).find(dsrs::status_name(status)) != std::string::npos);
-    for (const auto &n : needles) {
-      if (e.message().find(n) == std::string::npos) {
-        std::fprintf(stderr, "%s: the message lacks \"%s\"\n", what, n.c_str());
-        ++failures;
-      }
-    }
-  }
-}
 
 uint64_t seed_from_env_or_clock() {
   if (const char *s = std::getenv("DSRS_TEST_SEED"); s != nullptr && *s != '\0')
@@ -203,8 +173,8 @@ int main() {
     EXPECT(accel.rng_state() == cpu.rng_state());
   }
 
-  if (failures != 0) {
-    std::fprintf(stderr, "plugin_cpp_test: %d check(s) FAILED\n", failures);
+  if (dsrs_test::failures != 0) {
+    std::fprintf(stderr, "plugin_cpp_test: %d check(s) FAILED\n", dsrs_test::failures);
     return 1;
   }
   std::printf("plugin_cpp_test: all checks passed\n");
