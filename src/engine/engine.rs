@@ -527,20 +527,21 @@ impl Engine {
 
     /// [`Engine::new`] from ds_config text (JSON with comments and trailing commas).
     pub fn from_json_str(accel: Arc<dyn Accelerator>, text: &str) -> Result<Engine> {
-        // Syntax errors are InvalidJson (with line and column), schema errors InvalidConfig.
-        let doc = crate::engine::config::read_lenient_json(text, "ds_config")?;
-        let config = DsConfig::from_value(&doc, &ParseOptions::default())?;
-        Engine::new(accel, config)
+        Engine::new(
+            accel,
+            DsConfig::load(text, "ds_config", &ParseOptions::default())?,
+        )
     }
 
     /// [`Engine::new`] from a ds_config file.
     pub fn from_file(accel: Arc<dyn Accelerator>, path: &Path) -> Result<Engine> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let doc = crate::engine::config::read_lenient_json(&text, &path.display().to_string())?;
-        let config = DsConfig::from_value(&doc, &ParseOptions::default()).map_err(|e| {
-            let e: Error = e.into();
-            Error::config(format!("{}: {e}", path.display()))
-        })?;
+        let name = path.display().to_string();
+        let config =
+            DsConfig::load(&text, &name, &ParseOptions::default()).map_err(|e| match e {
+                Error::Config(m) => Error::config(format!("{name}: {m}")),
+                e => e,
+            })?;
         Engine::new(accel, config)
     }
 
@@ -1254,83 +1255,34 @@ impl Engine {
         }
     }
 
-    fn threads(&self) -> usize {
-        let n = if self.exec.num_threads > 0 {
-            self.exec.num_threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
-        n.max(1)
-    }
-
     /// Sum of squares (f64, per-block partials added in block order) and finiteness of
     /// every gradient.
+    ///
+    /// On the calling thread, on purpose: right after a step the kernels' OpenMP workers
+    /// spin-wait on the other cores (libgomp's default), and a second scan thread competing
+    /// with them made the scan 3x slower (3.0 ms against 1.0 ms at 10M fp32 on 2 vCPUs); one
+    /// thread reads at close to the memory bandwidth. The fixed blocks keep the bits
+    /// independent of how a future parallel scan splits the work.
     fn scan_grads(&self) -> (f64, bool) {
         let g = &self.groups[0];
         let grads = g.grads.as_ref().expect("trainable group has gradients");
-        let n = g.len;
-        let blocks = n.div_ceil(SCAN_BLOCK);
-        let mut partial = vec![0f64; blocks];
-        // One thread, on purpose: right after a step, the kernels' OpenMP workers spin-wait
-        // on the other cores (libgomp's default), and a second scan thread competing with
-        // them made the scan 3x slower (3.0 ms vs 1.0 ms at 10M fp32 on 2 vCPUs); the
-        // calling thread alone reads at close to the memory bandwidth.
-        let threads = 1;
-        let per = blocks.div_ceil(threads);
-        let dtype = grads.dtype;
-        let base = grads.ptr();
-        let chunks = blocks.div_ceil(per);
-        std::thread::scope(|s| {
-            for (t, chunk) in partial.chunks_mut(per).enumerate() {
-                let mut work = move || {
-                    for (j, out) in chunk.iter_mut().enumerate() {
-                        let b = t * per + j;
-                        let lo = b * SCAN_BLOCK;
-                        let hi = (lo + SCAN_BLOCK).min(n);
-                        // SAFETY: lo..hi is inside the gradient buffer; the host does not
-                        // write gradients during step (the documented contract).
-                        *out = unsafe { sum_squares(base, dtype, lo, hi) };
-                    }
-                };
-                if t + 1 == chunks {
-                    work();
-                } else {
-                    s.spawn(work);
-                }
-            }
-        });
-        let sum: f64 = partial.iter().sum();
+        let mut sum = 0f64;
+        for lo in (0..g.len).step_by(SCAN_BLOCK) {
+            let hi = (lo + SCAN_BLOCK).min(g.len);
+            // SAFETY: lo..hi is inside the gradient buffer; the host does not write
+            // gradients during step (the documented contract).
+            sum += unsafe { sum_squares(grads.ptr(), grads.dtype, lo, hi) };
+        }
         (sum, sum.is_finite())
     }
 
+    /// Zeroes the gradient buffer (a skipped step; applied steps zero inside the
+    /// optimizer's pass).
     fn zero_grads(&self) {
         let g = &self.groups[0];
         let grads = g.grads.as_ref().expect("trainable group has gradients");
-        let bytes = g.len * grads.dtype.size();
-        let threads = self.threads();
-        let base = grads.ptr();
-        if bytes < (1 << 22) || threads == 1 {
-            // SAFETY: the whole gradient buffer; no other reference during step.
-            unsafe { std::ptr::write_bytes(base as *mut u8, 0, bytes) };
-            return;
-        }
-        let per = bytes.div_ceil(threads).next_multiple_of(4096);
-        std::thread::scope(|s| {
-            let mut lo = 0;
-            while lo < bytes {
-                let hi = (lo + per).min(bytes);
-                let work = move || {
-                    // SAFETY: disjoint ranges of the gradient buffer.
-                    unsafe { std::ptr::write_bytes((base + lo) as *mut u8, 0, hi - lo) };
-                };
-                if hi == bytes {
-                    work();
-                } else {
-                    s.spawn(work);
-                }
-                lo = hi;
-            }
-        });
+        // SAFETY: the whole gradient buffer; no other reference during step.
+        unsafe { std::ptr::write_bytes(grads.ptr() as *mut u8, 0, g.len * grads.dtype.size()) };
     }
 
     /// The optimizer's hyper-parameters for the next step at `lr`, validated (nothing is

@@ -484,8 +484,7 @@ pub unsafe extern "C" fn dsrs_config_check(
     ffi_body! {
         let text = arg_str(config_json, "config_json")?;
         let opts = ParseOptions { world_size: world_size.max(1) };
-        let doc = config::read_lenient_json(text, "config_json")?;
-        let c = DsConfig::from_value(&doc, &opts).map_err(crate::Error::from)?;
+        let c = DsConfig::load(text, "config_json", &opts)?;
         write_str_out(&c.to_json().to_string(), buf, len, needed)
     }
 }

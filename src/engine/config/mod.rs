@@ -469,6 +469,15 @@ impl DsConfig {
         DsConfig::from_value(&doc, opts)
     }
 
+    /// Parses and validates ds_config text into the crate's error type, for callers that
+    /// need one error: a syntax error is [`Error::Json`] (`DSRS_STATUS_INVALID_JSON`, naming
+    /// `what` with line and column), schema errors one [`Error::Config`] listing every
+    /// `path: message`. Warnings are in [`DsConfig::warnings`].
+    pub fn load(text: &str, what: &str, opts: &ParseOptions) -> Result<DsConfig> {
+        let doc = read_lenient_json(text, what)?;
+        Ok(DsConfig::from_value(&doc, opts)?)
+    }
+
     /// Parses and validates an already-read JSON value.
     ///
     /// Every error is collected (not only the first); warnings are in
