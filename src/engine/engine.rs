@@ -9,7 +9,7 @@
 //! the loss multiplied by [`Engine::loss_scale`] under fp16), and calls [`Engine::step`]. At
 //! each gradient-accumulation boundary the step
 //!
-//! 1. reads the gradients once, in parallel: their global L2 norm (f64) and whether any is
+//! 1. reads the gradients once: their global L2 norm (f64) and whether any is
 //!    inf or NaN;
 //! 2. on a non-finite gradient — under fp16 as DeepSpeed does, and also under bf16 and fp32,
 //!    where DeepSpeed would apply a NaN update — skips the step: parameters, optimizer state
