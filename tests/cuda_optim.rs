@@ -174,7 +174,7 @@ fn every_declared_kernel_is_in_the_sm90_image() {
         // and no kernel copies its parameter block to local memory.
         let work = dir.join(format!("{name}-ptx"));
         std::fs::create_dir_all(&work).unwrap();
-        let (ptx, log) = nvrtc::compile(spec, "compute_80", &work).unwrap();
+        let (ptx, log) = nvrtc::compile(spec, "compute_80", &work, false).unwrap();
         assert!(!log.to_lowercase().contains("warning"), "{name}: {log}");
         let ptx = String::from_utf8(ptx).unwrap();
         let mut entries: Vec<String> = ptx

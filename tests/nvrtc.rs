@@ -75,7 +75,7 @@ fn every_cu_source_compiles_for_two_architectures_and_as_ptx() {
         );
         for arch in ["sm_80", "sm_90", "compute_80"] {
             let work = scratch(&format!("{}-{arch}", spec.name));
-            let (image, log) = nvrtc::compile(spec, arch, &work)
+            let (image, log) = nvrtc::compile(spec, arch, &work, false)
                 .unwrap_or_else(|e| panic!("{rel} for {arch}: {e}"));
             assert!(
                 !log.to_lowercase().contains("warning"),
@@ -97,6 +97,14 @@ fn every_cu_source_compiles_for_two_architectures_and_as_ptx() {
                     assert!(
                         ptx.contains(&format!(".entry {sym}")),
                         "{rel}: no kernel {sym}"
+                    );
+                }
+                // ... and every kernel is declared (reports and symbol hints list them).
+                for entry in ptx.lines().filter_map(|l| l.split(".entry ").nth(1)) {
+                    let name = entry.trim_end_matches(['(', ' ']);
+                    assert!(
+                        spec.symbols.iter().any(|s| **s == *name),
+                        "{rel}: kernel {name} is not in the op's declared symbols"
                     );
                 }
             }

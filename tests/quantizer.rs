@@ -1024,7 +1024,7 @@ fn cuda_op_compiles_for_sm_90() {
     let spec = &ops::builders::cuda_quantizer::SPEC;
     let work = std::env::temp_dir().join(format!("dsrs-qz-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
-    let (ptx, _) = ops::nvrtc::compile(spec, "compute_90", &work).unwrap();
+    let (ptx, _) = ops::nvrtc::compile(spec, "compute_90", &work, false).unwrap();
     let ptx = String::from_utf8_lossy(&ptx);
     for s in spec.symbols.iter() {
         assert!(

@@ -432,8 +432,24 @@ int main(int argc, char **argv) {
   if (!quiet && getenv("DSRS_LOG") == NULL) CHECK(dsrs_set_log_level(DSRS_LOG_INFO));
   if (quiet) CHECK(dsrs_set_log_level(DSRS_LOG_WARN));
 
+  /* The default accelerator (DSRS_ACCELERATOR, else detection). This demo computes on the
+   * host and the engine runs on host-memory accelerators, so where detection picks a device
+   * (CUDA, a device plugin) it trains on the CPU accelerator instead. */
   dsrs_accelerator *accel = NULL;
   CHECK(dsrs_accelerator_get(&accel));
+  int32_t device_type = 0;
+  CHECK(dsrs_accelerator_device_type(accel, &device_type));
+  if (device_type != kDLCPU) {
+    char name[64];
+    size_t n = 0;
+    CHECK(dsrs_accelerator_name(accel, name, sizeof name, &n));
+    printf("the default accelerator (%s) keeps memory on its device; the engine trains on "
+           "host memory, so this demo uses the cpu accelerator\n",
+           name);
+    CHECK(dsrs_accelerator_free(accel));
+    accel = NULL;
+    CHECK(dsrs_accelerator_new("cpu", NULL, &accel));
+  }
   char accel_name[64];
   size_t needed = 0;
   CHECK(dsrs_accelerator_name(accel, accel_name, sizeof accel_name, &needed));
@@ -483,10 +499,6 @@ int main(int argc, char **argv) {
   for (int p = 0; p < NPARAMS; p++) {
     CHECK(dsrs_engine_param(engine, (size_t)p, &model[p].view));
     CHECK(dsrs_engine_grad(engine, (size_t)p, &model[p].grad));
-    if (model[p].view.device.device_type != kDLCPU && model[p].view.device.device_type != kDLCUDAHost)
-      die("the parameters live on DLPack device %d; this demo computes on the host "
-          "(run with DSRS_ACCELERATOR=cpu)",
-          (int)model[p].view.device.device_type);
     model[p].pkind = kind_of(model[p].view.dtype, model[p].name);
     model[p].gkind = kind_of(model[p].grad.dtype, model[p].name);
   }

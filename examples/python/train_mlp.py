@@ -138,6 +138,14 @@ def train(config_path: str = DEFAULT_CONFIG, epochs: int = DEFAULT_EPOCHS, quiet
     def placeholder(path: str) -> Any:
         return 1000000 if path.endswith("total_num_steps") else unknown(path)
 
+    if accelerator is None:
+        # The engine trains on host memory: where detection picks a device (CUDA, a device
+        # plugin), use the cpu accelerator.
+        accelerator = ds.Accelerator.current()
+        if accelerator.device_type != 1:  # kDLCPU
+            out(f"the default accelerator ({accelerator.name}) keeps memory on its device; "
+                "the engine trains on host memory, so this demo uses the cpu accelerator")
+            accelerator = ds.Accelerator("cpu")
     with ds.Engine(_fill_autos(text, placeholder), accelerator) as probe:
         tbs, mbs, gas = probe.batch_sizes
     steps_per_epoch = len(y_train) // (mbs * gas)

@@ -11,7 +11,7 @@ use super::status::dsrs_status::*;
 use super::stream::opt_stream_arg;
 use super::{
     FfiError, Out, arg_ref, arg_str, dsrs_accelerator, dsrs_engine, dsrs_status, dsrs_stream,
-    write_str_out,
+    host_slice, write_str_out,
 };
 use crate::dlpack::{DLTensor, TensorRef, kDLCPU, kDLCUDAHost};
 use crate::engine::config::{self, DsConfig, ParseOptions};
@@ -189,12 +189,9 @@ pub unsafe extern "C" fn dsrs_engine_register_param(
                 "argument 'initial' is not contiguous (row-major, compact strides)",
             ));
         }
-        let bytes: &[u8] = if t.nbytes == 0 {
-            &[]
-        } else {
-            // SAFETY: a validated host tensor of nbytes readable bytes (caller's contract).
-            unsafe { std::slice::from_raw_parts(t.ptr as *const u8, t.nbytes) }
-        };
+        // SAFETY: a validated contiguous host tensor (caller's contract); bytes need no
+        // alignment.
+        let bytes: &[u8] = unsafe { host_slice(&t) };
         let index = e.engine.lock().register_param(
             name,
             &t.shape,

@@ -256,6 +256,33 @@ pub(crate) fn arg_device(device: i32, arg: &str) -> Result<Option<usize>, FfiErr
     }
 }
 
+/// The elements of a validated host tensor (contiguous, aligned for `T`, `numel` elements),
+/// as a slice. An empty tensor may have a NULL or unaligned `data` (DLPack allows it), which
+/// `slice::from_raw_parts` does not: it gives `&[]`.
+///
+/// # Safety
+/// For `numel > 0`, `t.ptr` points to `numel` readable `T`s valid for `'a` (the caller's
+/// DLTensor contract).
+pub(crate) unsafe fn host_slice<'a, T>(t: &crate::dlpack::TensorRef) -> &'a [T] {
+    if t.numel == 0 {
+        return &[];
+    }
+    // SAFETY: the function's contract.
+    unsafe { std::slice::from_raw_parts(t.ptr as *const T, t.numel) }
+}
+
+/// As [`host_slice`], writable.
+///
+/// # Safety
+/// As [`host_slice`], and the memory is writable and aliased by nothing else for `'a`.
+pub(crate) unsafe fn host_slice_mut<'a, T>(t: &crate::dlpack::TensorRef) -> &'a mut [T] {
+    if t.numel == 0 {
+        return &mut [];
+    }
+    // SAFETY: the function's contract.
+    unsafe { std::slice::from_raw_parts_mut(t.ptr as *mut T, t.numel) }
+}
+
 /// The two-call output of bytes: with `(NULL, 0)` only `*needed` is written (a size
 /// query); a too-small buffer gets `DSRS_STATUS_BUFFER_TOO_SMALL` and `*needed`.
 pub(crate) fn write_bytes_out(

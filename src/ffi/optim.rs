@@ -7,12 +7,10 @@
 
 use std::sync::Arc;
 
-use half::{bf16, f16};
-
 use super::handle::get;
 use super::status::dsrs_status::*;
 use super::stream::StreamObject;
-use super::{FfiError, arg_ref, dsrs_status, dsrs_stream};
+use super::{FfiError, arg_ref, dsrs_status, dsrs_stream, host_slice, host_slice_mut};
 use crate::accelerator::Stream;
 use crate::accelerator::cuda::CudaStream;
 use crate::dlpack::{DLTensor, TensorRef, kDLCPU, kDLCUDA, kDLCUDAHost};
@@ -501,13 +499,9 @@ fn cuda_tensors(list: &[Entry]) -> Vec<CudaTensors> {
 unsafe fn params_view<'a>(t: &TensorRef) -> ParamsMut<'a> {
     unsafe {
         match t.dtype {
-            DType::F16 => {
-                ParamsMut::F16(std::slice::from_raw_parts_mut(t.ptr as *mut f16, t.numel))
-            }
-            DType::BF16 => {
-                ParamsMut::BF16(std::slice::from_raw_parts_mut(t.ptr as *mut bf16, t.numel))
-            }
-            _ => ParamsMut::F32(std::slice::from_raw_parts_mut(t.ptr as *mut f32, t.numel)),
+            DType::F16 => ParamsMut::F16(host_slice_mut(t)),
+            DType::BF16 => ParamsMut::BF16(host_slice_mut(t)),
+            _ => ParamsMut::F32(host_slice_mut(t)),
         }
     }
 }
@@ -515,24 +509,22 @@ unsafe fn params_view<'a>(t: &TensorRef) -> ParamsMut<'a> {
 unsafe fn grads_view<'a>(t: &TensorRef) -> GradsRef<'a> {
     unsafe {
         match t.dtype {
-            DType::F16 => GradsRef::F16(std::slice::from_raw_parts(t.ptr as *const f16, t.numel)),
-            DType::BF16 => {
-                GradsRef::BF16(std::slice::from_raw_parts(t.ptr as *const bf16, t.numel))
-            }
-            _ => GradsRef::F32(std::slice::from_raw_parts(t.ptr as *const f32, t.numel)),
+            DType::F16 => GradsRef::F16(host_slice(t)),
+            DType::BF16 => GradsRef::BF16(host_slice(t)),
+            _ => GradsRef::F32(host_slice(t)),
         }
     }
 }
 
 unsafe fn state_view<'a>(t: &TensorRef) -> &'a mut [f32] {
-    unsafe { std::slice::from_raw_parts_mut(t.ptr as *mut f32, t.numel) }
+    unsafe { host_slice_mut(t) }
 }
 
 unsafe fn copy_view<'a>(t: &TensorRef) -> CopyMut<'a> {
     unsafe {
         match t.dtype {
-            DType::F16 => CopyMut::F16(std::slice::from_raw_parts_mut(t.ptr as *mut f16, t.numel)),
-            _ => CopyMut::BF16(std::slice::from_raw_parts_mut(t.ptr as *mut bf16, t.numel)),
+            DType::F16 => CopyMut::F16(host_slice_mut(t)),
+            _ => CopyMut::BF16(host_slice_mut(t)),
         }
     }
 }
@@ -558,6 +550,7 @@ fn dispatch(
     name: &str,
     list: &[Entry],
     place: Place,
+    backend: Backend,
     stream: *mut dsrs_stream,
     mut host: impl FnMut(&Entry) -> crate::Result<Ran>,
     cuda: Option<CudaStep<'_>>,
@@ -577,6 +570,14 @@ fn dispatch(
                     ),
                 ));
             };
+            if backend == Backend::Reference {
+                return Err(FfiError::new(
+                    DSRS_STATUS_UNSUPPORTED,
+                    format!(
+                        "config->backend is DSRS_OPTIM_BACKEND_REFERENCE, which runs on host memory only; the tensors are on CUDA device {dev}"
+                    ),
+                ));
+            }
             no_copy_on_cuda(list)?;
             let s = cuda_stream(stream, dev)?;
             let cs = s.stream.as_any().downcast_ref::<CudaStream>().unwrap();
@@ -618,7 +619,7 @@ pub unsafe extern "C" fn dsrs_adam_step(
         let (list, place) = entries(tensors, count, Needs { name: "adam", exp_avg: true, exp_avg_sq: true })?;
         // SAFETY (both closures): the entries are validated tensors of their place (see the
         // view functions); their memory is the caller's contract.
-        dispatch("adam", &list, place, stream, |e| unsafe {
+        dispatch("adam", &list, place, ex.backend, stream, |e| unsafe {
             optim::cpu::adam_step(
                 &hp,
                 params_view(&e.params),
@@ -656,7 +657,7 @@ pub unsafe extern "C" fn dsrs_adagrad_step(
         let ex = exec(c.num_threads, c.backend)?;
         let (list, place) = entries(tensors, count, Needs { name: "adagrad", exp_avg: false, exp_avg_sq: true })?;
         // SAFETY: as in dsrs_adam_step.
-        dispatch("adagrad", &list, place, stream, |e| unsafe {
+        dispatch("adagrad", &list, place, ex.backend, stream, |e| unsafe {
             optim::cpu::adagrad_step(
                 &hp,
                 params_view(&e.params),
@@ -693,7 +694,7 @@ pub unsafe extern "C" fn dsrs_lion_step(
         let ex = exec(c.num_threads, c.backend)?;
         let (list, place) = entries(tensors, count, Needs { name: "lion", exp_avg: true, exp_avg_sq: false })?;
         // SAFETY: as in dsrs_adam_step.
-        dispatch("lion", &list, place, stream, |e| unsafe {
+        dispatch("lion", &list, place, ex.backend, stream, |e| unsafe {
             optim::cpu::lion_step(
                 &hp,
                 params_view(&e.params),
@@ -753,7 +754,7 @@ pub unsafe extern "C" fn dsrs_lamb_step(
             ));
         }
         // SAFETY: as in dsrs_adam_step.
-        dispatch("lamb", &list, place, stream, |e| unsafe {
+        dispatch("lamb", &list, place, b, stream, |e| unsafe {
             lamb::lamb_step_reference(
                 &hp,
                 params_view(&e.params),

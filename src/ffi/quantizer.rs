@@ -318,21 +318,15 @@ fn check_quantized(
 /// # Safety
 /// `a` is a validated host tensor of `T`s (aligned, `numel` elements).
 unsafe fn host_slice<'a, T>(a: &Arg) -> &'a [T] {
-    if a.t.numel == 0 {
-        return &[];
-    }
-    // SAFETY: validated non-NULL, aligned, numel elements (the caller's DLTensor contract).
-    unsafe { std::slice::from_raw_parts(a.t.ptr as *const T, a.t.numel) }
+    // SAFETY: the caller's contract.
+    unsafe { super::host_slice(&a.t) }
 }
 
 /// # Safety
 /// As [`host_slice`], and the memory is writable and overlaps no other argument.
 unsafe fn host_slice_mut<'a, T>(a: &Arg) -> &'a mut [T] {
-    if a.t.numel == 0 {
-        return &mut [];
-    }
-    // SAFETY: as above; overlaps were refused.
-    unsafe { std::slice::from_raw_parts_mut(a.t.ptr as *mut T, a.t.numel) }
+    // SAFETY: the caller's contract; overlaps were refused.
+    unsafe { super::host_slice_mut(&a.t) }
 }
 
 /// # Safety

@@ -288,9 +288,15 @@ fn nvrtc_options(spec: &OpSpec, arch: &str, include: &Path, debug: bool) -> Vec<
     o
 }
 
-/// Compiles one CUDA source with NVRTC; returns the image (CUBIN or PTX without its NUL)
-/// and NVRTC's log. On failure the error carries the options and the log.
-pub fn compile(spec: &OpSpec, arch: &str, work_dir: &Path) -> Result<(Vec<u8>, String)> {
+/// Compiles one CUDA source with NVRTC (`debug`: `--device-debug`, the `debug` build
+/// option); returns the image (CUBIN or PTX without its NUL) and NVRTC's log. On failure
+/// the error carries the options and the log.
+pub fn compile(
+    spec: &OpSpec,
+    arch: &str,
+    work_dir: &Path,
+    debug: bool,
+) -> Result<(Vec<u8>, String)> {
     info()?;
     let (_, output) = parse_arch(arch)?;
     let source = spec
@@ -298,7 +304,7 @@ pub fn compile(spec: &OpSpec, arch: &str, work_dir: &Path) -> Result<(Vec<u8>, S
         .first()
         .ok_or_else(|| Error::config(format!("op '{}' has no source", spec.name)))?;
     write_sources(spec, work_dir)?;
-    let options = nvrtc_options(spec, arch, &work_dir.join("include"), false);
+    let options = nvrtc_options(spec, arch, &work_dir.join("include"), debug);
     let src = CString::new(source.text.as_bytes()).map_err(|_| {
         Error::config(format!(
             "op '{}': {} contains a NUL byte",
@@ -365,6 +371,9 @@ pub(crate) fn load_cuda(
             });
             argv.push(format!("-arch={arch}"));
             argv.extend(["-O3".to_string(), "-std=c++17".to_string()]);
+            if env.options.debug {
+                argv.push("-G".into());
+            }
             argv.push(format!("-I{}", dir.join("src/include").display()));
             argv.extend(spec.defines.iter().map(|d| d.flag()));
             argv.extend(spec.flags.iter().map(|f| f.to_string()));
@@ -377,7 +386,7 @@ pub(crate) fn load_cuda(
             fs::read(dir.join(&artifact)).map_err(|e| Error::io(dir.join(&artifact), e))?
         } else {
             progress.step(&format!("compiling with {compiler} for {arch}"));
-            let (image, log) = match compile(spec, &arch, &dir.join("src")) {
+            let (image, log) = match compile(spec, &arch, &dir.join("src"), env.options.debug) {
                 Ok(v) => v,
                 Err(e) => {
                     let _ = cache::write_private(failed_log, e.to_string().as_bytes());

@@ -36,6 +36,8 @@ pub const SPEC: OpSpec = OpSpec {
         s("dsrs_philox_uniform_bf16"),
         s("dsrs_philox_normal_f32"),
         s("dsrs_philox_normal_f64"),
+        s("dsrs_philox_normal_f16"),
+        s("dsrs_philox_normal_bf16"),
     ]),
     min_compute_capability: (7, 0),
 };
