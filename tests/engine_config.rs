@@ -427,6 +427,19 @@ fn resolved_config_parses_back_to_itself() {
             "{name}"
         );
     }
+    // Settings of disabled precision blocks survive the round trip too.
+    for doc in [
+        json!({"train_batch_size": 4, "fp16": {"enabled": false, "auto_cast": true},
+               "bf16": {"enabled": false, "immediate_grad_update": true}}),
+        json!({"train_batch_size": 4, "fp16": {"enabled": true, "auto_cast": true},
+               "bf16": {"enabled": false, "immediate_grad_update": true}}),
+        json!({"train_batch_size": 4, "fp16": {"enabled": false, "auto_cast": true},
+               "bf16": {"enabled": true, "immediate_grad_update": true}}),
+    ] {
+        let cfg = parse(doc.clone());
+        let back = DsConfig::from_value(&cfg.to_json(), &w(1)).unwrap();
+        assert_eq!(back, cfg, "{doc}");
+    }
     let out = parse(json!({"train_batch_size": 4})).to_json();
     assert_eq!(out["zero_optimization"]["stage"], json!(0));
     assert_eq!(out["zero_optimization"]["overlap_comm"], json!(false));

@@ -127,7 +127,7 @@ impl<'a> Obj<'a> {
     pub fn int(&self, ctx: &mut Ctx, key: &str, default: i128, min: i128, max: i128) -> i128 {
         match self.get(key) {
             None => default,
-            Some(v) => match integral(v).filter(|_| !v.is_boolean()) {
+            Some(v) => match integral(v) {
                 Some(n) if n >= min && n <= max => n,
                 Some(_) => {
                     let expected = match (min, max) {

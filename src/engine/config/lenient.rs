@@ -16,10 +16,12 @@ use crate::error::{Error, Result};
 
 /// Reads JSON with comments and trailing commas; see [`super::read_lenient_json`].
 pub(crate) fn read(text: &str, what: &str) -> Result<Value> {
-    let clean = strip(text).map_err(|(line, col, msg)| {
-        Error::config(format!(
-            "invalid JSON in {what}: {msg} at line {line} column {col}"
-        ))
+    // An unterminated comment is a syntax error like any other: Error::Json.
+    let clean = strip(text).map_err(|(line, col, msg)| Error::Json {
+        what: what.to_string(),
+        source: <serde_json::Error as serde::de::Error>::custom(format!(
+            "{msg} at line {line} column {col}"
+        )),
     })?;
     let mut de = serde_json::Deserializer::from_str(&clean);
     let value = ValueSeed {
@@ -225,7 +227,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "invalid JSON in f.json: expected `:` at line 4 column 6");
-        let e = read("{\"a\": 1 /* open", "f.json").unwrap_err().to_string();
+        let err = read("{\"a\": 1 /* open", "f.json").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::InvalidJson);
+        let e = err.to_string();
         assert_eq!(
             e,
             "invalid JSON in f.json: unterminated /* comment at line 1 column 9"

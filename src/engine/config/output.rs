@@ -109,21 +109,34 @@ pub(crate) fn to_json(c: &DsConfig) -> Value {
             f["auto_cast"] = json!(c.fp16_auto_cast);
             f["fp16_master_weights_and_grads"] = json!(false);
             put("fp16", f);
-            put("bf16", json!({"enabled": false}));
+            put(
+                "bf16",
+                json!({"enabled": false, "immediate_grad_update": c.bf16_immediate_grad_update}),
+            );
         }
         Precision::Bf16 {
             check_grad_overflow,
         } => {
-            put("fp16", json!({"enabled": false}));
+            put(
+                "fp16",
+                json!({"enabled": false, "auto_cast": c.fp16_auto_cast}),
+            );
             put(
                 "bf16",
                 json!({"enabled": true, "immediate_grad_update": c.bf16_immediate_grad_update,
                     "check_grad_overflow": check_grad_overflow}),
             );
         }
+        // The disabled blocks keep their settings, so the output parses back to itself.
         Precision::Fp32 => {
-            put("fp16", json!({"enabled": false}));
-            put("bf16", json!({"enabled": false}));
+            put(
+                "fp16",
+                json!({"enabled": false, "auto_cast": c.fp16_auto_cast}),
+            );
+            put(
+                "bf16",
+                json!({"enabled": false, "immediate_grad_update": c.bf16_immediate_grad_update}),
+            );
         }
     }
     put(

@@ -274,7 +274,7 @@ fn batch_key(ctx: &mut Ctx, top: &Obj, key: &str) -> Result<Option<u64>, ()> {
     match top.map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) if is_auto(v) => Err(()),
-        Some(v) => match integral(v).filter(|_| !v.is_boolean()) {
+        Some(v) => match integral(v) {
             Some(n) if (0..=u64::MAX as i128).contains(&n) => Ok(Some(n as u64)),
             _ => {
                 let why = if v
@@ -421,10 +421,11 @@ fn scheduler(ctx: &mut Ctx, top: &Obj) -> Option<SchedulerConfig> {
         return None;
     }
     // "auto" values were reported already; the schedule cannot be built without them.
-    if !super::auto_paths(&Value::Object(block.map.clone())).is_empty() {
+    let value = Value::Object(block.map.clone());
+    if !super::auto_paths(&value).is_empty() {
         return None;
     }
-    match Schedule::from_json(&Value::Object(block.map.clone())) {
+    match Schedule::from_json(&value) {
         Ok(schedule) => Some(SchedulerConfig {
             type_name: schedule.name().to_string(),
             schedule,

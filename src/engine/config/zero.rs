@@ -256,7 +256,7 @@ pub(crate) fn parse(ctx: &mut Ctx, top: &Obj) -> ZeroConfig {
     }
 
     if !old_form && let Some(v) = z.get("stage") {
-        match super::ctx::integral(v).filter(|_| !v.is_boolean()) {
+        match super::ctx::integral(v) {
             Some(n @ 0..=3) => stage = n as u8,
             Some(n) if n > 3 => ctx.err(
                 z.at("stage"),
