@@ -8,7 +8,7 @@
 #      (DSRS_BUILD_OPS=1, a second build in target/aot)
 #   2. C harness through CTest under AddressSanitizer + UndefinedBehaviorSanitizer: happy
 #      paths, the misuse suite, log callbacks, header compile tests (C99/C11/C++17, double
-#      include), the C++ wrapper, the CLI
+#      include), the C++ wrapper, the training engine and its demo host, the CLI
 #   3. The CMake package: install, then a separate project with find_package (shared and
 #      static), with the build tree removed
 #   4. Python binding: pip install ./bindings/python, pytest

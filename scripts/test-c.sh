@@ -6,6 +6,9 @@
 #   with the ops built at the machine's SIMD level, AVX2 and scalar),
 #   quantizer_test, quantizer_test_avx2, quantizer_test_scalar (dsrs_quantize and
 #   dsrs_dequantize against a C reference written from docs/quantizer.md),
+#   engine_test, engine_cpp_test (the training engine through the C ABI and the C++
+#   wrapper, against double-precision references), train_mlp_dataset_hash and
+#   train_mlp_fp32/_bf16/_fp16 (the demo host trained to its accuracy threshold),
 #   cpp_wrapper_test, static_link_test,
 #   plugin_test and plugin_cpp_test (accelerator plugins: the example plugin
 #   examples/plugin_hostmem and broken variants, built here with the same sanitizers),
