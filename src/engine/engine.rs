@@ -429,7 +429,8 @@ impl Engine {
             return Err(Error::Unsupported(format!(
                 "the training engine runs on host-memory accelerators (cpu) in this version; \
                  accelerator '{}' keeps its memory on the device, and the engine's device \
-                 path (fused kernels on the device's stream) is not built yet",
+                 path (fused kernels on the device's stream) is not built yet; pass the cpu \
+                 accelerator (or set DSRS_ACCELERATOR=cpu)",
                 accel.name()
             )));
         }
