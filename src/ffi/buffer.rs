@@ -9,7 +9,7 @@ use super::status::dsrs_status::*;
 use super::stream::opt_stream_arg;
 use super::{
     FfiError, Out, arg_ref, arg_slice, arg_slice_mut, dsrs_accelerator, dsrs_buffer, dsrs_status,
-    dsrs_stream, host_slice, host_slice_mut,
+    dsrs_stream, host_bytes, host_bytes_mut,
 };
 use crate::accelerator::{Buffer, MemoryKind};
 use crate::dlpack::{
@@ -511,7 +511,7 @@ pub unsafe extern "C" fn dsrs_buffer_copy_from_tensor(
         let t = host_tensor(arg_ref(src, "src")?, "src")?;
         let s = opt_stream_arg(stream, b.accelerator())?;
         // SAFETY: the tensor's memory is the caller's contract; nbytes was validated.
-        let data: &[u8] = unsafe { host_slice(&t) };
+        let data = unsafe { host_bytes(&t) };
         b.write_on(offset, data, s.as_deref())?;
         Ok(())
     }
@@ -531,7 +531,7 @@ pub unsafe extern "C" fn dsrs_buffer_copy_to_tensor(
         let t = host_tensor(arg_ref(dst, "dst")?, "dst")?;
         let s = opt_stream_arg(stream, b.accelerator())?;
         // SAFETY: the tensor's memory is the caller's contract; nbytes was validated.
-        let out: &mut [u8] = unsafe { host_slice_mut(&t) };
+        let out = unsafe { host_bytes_mut(&t) };
         b.read_on(offset, out, s.as_deref())?;
         Ok(())
     }

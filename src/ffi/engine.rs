@@ -11,7 +11,7 @@ use super::status::dsrs_status::*;
 use super::stream::opt_stream_arg;
 use super::{
     FfiError, Out, arg_ref, arg_str, dsrs_accelerator, dsrs_engine, dsrs_status, dsrs_stream,
-    host_slice, write_str_out,
+    host_bytes, write_str_out,
 };
 use crate::dlpack::{DLTensor, TensorRef, kDLCPU, kDLCUDAHost};
 use crate::engine::config::{self, DsConfig, ParseOptions};
@@ -191,7 +191,7 @@ pub unsafe extern "C" fn dsrs_engine_register_param(
         }
         // SAFETY: a validated contiguous host tensor (caller's contract); bytes need no
         // alignment.
-        let bytes: &[u8] = unsafe { host_slice(&t) };
+        let bytes = unsafe { host_bytes(&t) };
         let index = e.engine.lock().register_param(
             name,
             &t.shape,

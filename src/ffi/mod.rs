@@ -283,6 +283,31 @@ pub(crate) unsafe fn host_slice_mut<'a, T>(t: &crate::dlpack::TensorRef) -> &'a 
     unsafe { std::slice::from_raw_parts_mut(t.ptr as *mut T, t.numel) }
 }
 
+/// The bytes of a validated contiguous host tensor (`nbytes` of them; `&[]` when empty,
+/// whatever `data` is).
+///
+/// # Safety
+/// As [`host_slice`].
+pub(crate) unsafe fn host_bytes<'a>(t: &crate::dlpack::TensorRef) -> &'a [u8] {
+    if t.nbytes == 0 {
+        return &[];
+    }
+    // SAFETY: the function's contract.
+    unsafe { std::slice::from_raw_parts(t.ptr as *const u8, t.nbytes) }
+}
+
+/// As [`host_bytes`], writable.
+///
+/// # Safety
+/// As [`host_slice_mut`].
+pub(crate) unsafe fn host_bytes_mut<'a>(t: &crate::dlpack::TensorRef) -> &'a mut [u8] {
+    if t.nbytes == 0 {
+        return &mut [];
+    }
+    // SAFETY: the function's contract.
+    unsafe { std::slice::from_raw_parts_mut(t.ptr as *mut u8, t.nbytes) }
+}
+
 /// The two-call output of bytes: with `(NULL, 0)` only `*needed` is written (a size
 /// query); a too-small buffer gets `DSRS_STATUS_BUFFER_TOO_SMALL` and `*needed`.
 pub(crate) fn write_bytes_out(
