@@ -42,9 +42,11 @@ pub(crate) fn opt_stream_arg(
         return Err(FfiError::new(
             DSRS_STATUS_INVALID_ARGUMENT,
             format!(
-                "argument 'stream' belongs to another accelerator instance ({}) than the one used ({})",
+                "argument 'stream' belongs to another accelerator instance ({} #{}) than the one used ({} #{})",
                 s.accel.name(),
-                accel.name()
+                s.accel.id(),
+                accel.name(),
+                accel.id()
             ),
         ));
     }
