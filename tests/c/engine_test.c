@@ -21,6 +21,10 @@
  *  8. Errors: exact statuses, out-parameters untouched, messages naming the function and
  *     the culprit.
  *  9. dsrs_config_check, dsrs_config_auto_paths, dsrs_config_fill_auto.
+ * 10. Misuse: every NULL argument, bad values (trainable, device, strides, NULL data,
+ *     indices past the end, non-finite lr, a file of invalid JSON), the step's stream
+ *     (its own accelerator's streams, a freed one, another instance's), the config
+ *     helpers' errors; exact statuses, out-parameters untouched.
  *
  * Data are random: the seed is printed, DSRS_TEST_SEED=<seed> reproduces a run.
  */
@@ -28,6 +32,7 @@
 #include <math.h>
 
 #include "check.h"
+#include "tmpdir.h"
 
 /* ---------------------------------------------------------------------------------- */
 /* Helpers.                                                                             */
@@ -788,6 +793,211 @@ static void test_config_functions(void) {
               DSRS_STATUS_INVALID_CONFIG, "train_batch_size");
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* 10. Misuse.                                                                          */
+
+/* CHECK_UNTOUCHED(x, sentinel): x still holds the bytes of sentinel (same type). */
+#define CHECK_UNTOUCHED(x, sentinel) CHECK(memcmp(&(x), &(sentinel), sizeof(x)) == 0)
+
+static void test_misuse(void) {
+  printf("misuse\n");
+  const char *good = "{\"train_batch_size\": 1, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.1}}}";
+  dsrs_accelerator *acc = NULL;
+  REQUIRE_OK(dsrs_accelerator_get(&acc));
+  dsrs_engine *const sentinel = (dsrs_engine *)(uintptr_t)0x1234;
+  dsrs_engine *out = sentinel;
+
+  /* Creation: NULL arguments, a file of invalid JSON. */
+  CHECK_FAILS(dsrs_engine_new(acc, NULL, &out), DSRS_STATUS_NULL_ARGUMENT, "'config_json'");
+  CHECK_FAILS(dsrs_engine_new(acc, good, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK_FAILS(dsrs_engine_new_from_file(acc, NULL, &out), DSRS_STATUS_NULL_ARGUMENT, "'path'");
+  CHECK_FAILS(dsrs_engine_new_from_file(NULL, NULL, &out), DSRS_STATUS_NULL_ARGUMENT, "'path'");
+  CHECK(out == sentinel);
+  char *dir = test_tmpdir_new("dsrs_engine_test");
+  size_t plen = strlen(dir) + 32;
+  char *path = (char *)xmalloc(plen);
+  snprintf(path, plen, "%s/good_config.json", dir);
+  FILE *f = fopen(path, "w");
+  REQUIRE(f != NULL);
+  fputs(good, f);
+  REQUIRE(fclose(f) == 0);
+  CHECK_FAILS(dsrs_engine_new_from_file(acc, path, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  snprintf(path, plen, "%s/broken_config.json", dir);
+  f = fopen(path, "w");
+  REQUIRE(f != NULL);
+  fputs("{\"train_batch_size\": 1, \"optimizer\": {\"type\": \"AdamW\",,}", f);
+  REQUIRE(fclose(f) == 0);
+  CHECK_FAILS(dsrs_engine_new_from_file(acc, path, &out), DSRS_STATUS_INVALID_JSON,
+              "broken_config.json");
+  CHECK(strncmp(last_error(), "dsrs_engine_new_from_file: ", 27) == 0);
+  CHECK(out == sentinel);
+  test_tmpdir_remove(dir);
+  free(dir);
+  free(path);
+
+  /* Registration. */
+  dsrs_engine *e = NULL;
+  REQUIRE_OK(dsrs_engine_new(acc, good, &e));
+  float x[4] = {1, 2, 3, 4};
+  int64_t s4[1] = {4};
+  DLTensor t = host_tensor(x, F32, s4, 1);
+  const size_t idx0 = (size_t)0x5e5e5e5e;
+  size_t idx = idx0;
+  CHECK_FAILS(dsrs_engine_register_param(e, NULL, &t, 1, &idx), DSRS_STATUS_NULL_ARGUMENT, "'name'");
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", NULL, 1, &idx), DSRS_STATUS_NULL_ARGUMENT,
+              "'initial'");
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", &t, 2, &idx), DSRS_STATUS_OUT_OF_RANGE, "'trainable'");
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", &t, -1, &idx), DSRS_STATUS_OUT_OF_RANGE,
+              "'trainable'");
+  DLTensor on_cuda = t;
+  on_cuda.device.device_type = kDLCUDA;
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", &on_cuda, 1, &idx), DSRS_STATUS_INVALID_ARGUMENT,
+              "'initial'");
+  int64_t every_other[1] = {2}, s2[1] = {2};
+  DLTensor strided = t;
+  strided.shape = s2;
+  strided.strides = every_other;
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", &strided, 1, &idx), DSRS_STATUS_INVALID_ARGUMENT,
+              "contiguous");
+  DLTensor no_data = t;
+  no_data.data = NULL;
+  CHECK_FAILS(dsrs_engine_register_param(e, "x", &no_data, 1, &idx), DSRS_STATUS_INVALID_ARGUMENT,
+              "NULL");
+  CHECK(idx == idx0);
+  size_t n = idx0;
+  REQUIRE_OK(dsrs_engine_num_params(e, &n));
+  CHECK(n == 0); /* none of the failures registered anything */
+  REQUIRE_OK(dsrs_engine_register_param(e, "x", &t, 1, &idx));
+  CHECK(idx == 0);
+  /* An empty tensor may have NULL data (DLPack allows it). */
+  int64_t s0[1] = {0};
+  DLTensor empty = host_tensor(NULL, F32, s0, 1);
+  CHECK_OK(dsrs_engine_register_param(e, "empty", &empty, 1, &idx));
+  CHECK(idx == 1);
+  REQUIRE_OK(dsrs_engine_finalize(e));
+
+  /* NULL out-parameters and names. */
+  n = idx0;
+  CHECK_FAILS(dsrs_engine_num_params(e, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  idx = idx0;
+  CHECK_FAILS(dsrs_engine_param_index(e, NULL, &idx), DSRS_STATUS_NULL_ARGUMENT, "'name'");
+  CHECK_FAILS(dsrs_engine_param_index(e, "x", NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK(idx == idx0);
+  DLTensor v;
+  memset(&v, 0x5e, sizeof v);
+  const DLTensor v0 = v;
+  CHECK_FAILS(dsrs_engine_param(e, 0, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK_FAILS(dsrs_engine_grad(e, 0, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK_FAILS(dsrs_engine_optimizer_state(e, 0, NULL, &v), DSRS_STATUS_NULL_ARGUMENT, "'state'");
+  CHECK_FAILS(dsrs_engine_optimizer_state(e, 0, "exp_avg", NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK_UNTOUCHED(v, v0);
+  CHECK_FAILS(dsrs_engine_get_lr(e, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  CHECK_FAILS(dsrs_engine_loss_scale(e, NULL), DSRS_STATUS_NULL_ARGUMENT, "'out'");
+  size_t needed = idx0;
+  CHECK_FAILS(dsrs_engine_config_json(e, NULL, 16, &needed), DSRS_STATUS_NULL_ARGUMENT, "'buf'");
+  CHECK_FAILS(dsrs_engine_stats_json(e, NULL, 16, &needed), DSRS_STATUS_NULL_ARGUMENT, "'buf'");
+  CHECK_FAILS(dsrs_engine_param_name(e, 0, NULL, 16, &needed), DSRS_STATUS_NULL_ARGUMENT, "'buf'");
+  CHECK(needed == idx0);
+
+  /* Indices past the end (2 parameters). */
+  char name[32];
+  memset(name, 0x5e, sizeof name);
+  const size_t past[2] = {2, SIZE_MAX};
+  for (int i = 0; i < 2; i++) {
+    CHECK_FAILS(dsrs_engine_param(e, past[i], &v), DSRS_STATUS_OUT_OF_RANGE, "out of range");
+    CHECK_FAILS(dsrs_engine_grad(e, past[i], &v), DSRS_STATUS_OUT_OF_RANGE, "out of range");
+    CHECK_FAILS(dsrs_engine_optimizer_state(e, past[i], "exp_avg", &v), DSRS_STATUS_OUT_OF_RANGE,
+                "out of range");
+    CHECK_FAILS(dsrs_engine_param_name(e, past[i], name, sizeof name, &needed),
+                DSRS_STATUS_OUT_OF_RANGE, "out of range");
+  }
+  CHECK_UNTOUCHED(v, v0);
+  CHECK(needed == idx0);
+  CHECK(name[0] == 0x5e && name[sizeof name - 1] == 0x5e);
+
+  /* The learning rate: finite and >= 0. */
+  CHECK_FAILS(dsrs_engine_set_lr(e, INFINITY), DSRS_STATUS_OUT_OF_RANGE, "'lr'");
+  CHECK_FAILS(dsrs_engine_set_lr(e, -INFINITY), DSRS_STATUS_OUT_OF_RANGE, "'lr'");
+  CHECK_FAILS(dsrs_engine_set_lr(e, NAN), DSRS_STATUS_OUT_OF_RANGE, "'lr'");
+  double lr = -1.0;
+  REQUIRE_OK(dsrs_engine_get_lr(e, &lr));
+  CHECK(lr == 0.1);
+
+  /* The step's stream: its accelerator's streams work, a freed stream or another
+   * instance's does not, and a failed step counts nothing. */
+  dsrs_stream *mine = NULL, *dflt = NULL, *freed = NULL, *foreign = NULL;
+  dsrs_accelerator *other = NULL;
+  REQUIRE_OK(dsrs_stream_new(acc, &mine));
+  REQUIRE_OK(dsrs_accelerator_default_stream(acc, &dflt));
+  REQUIRE_OK(dsrs_stream_new(acc, &freed));
+  REQUIRE_OK(dsrs_stream_free(freed));
+  REQUIRE_OK(dsrs_accelerator_new("cpu", NULL, &other));
+  REQUIRE_OK(dsrs_stream_new(other, &foreign));
+  dsrs_step_record r;
+  memset(&r, 0, sizeof r);
+  CHECK_OK(dsrs_engine_step(e, mine, &r));
+  CHECK(r.global_step == 1 && r.applied == 1);
+  CHECK_OK(dsrs_engine_step(e, dflt, &r));
+  CHECK(r.global_step == 2 && r.applied == 1);
+  dsrs_step_record r0;
+  memset(&r0, 0x5e, sizeof r0);
+  r = r0;
+  CHECK_FAILS(dsrs_engine_step(e, freed, &r), DSRS_STATUS_STALE_HANDLE, "'stream'");
+  CHECK_FAILS(dsrs_engine_step(e, foreign, &r), DSRS_STATUS_INVALID_ARGUMENT, "'stream'");
+  CHECK(strstr(last_error(), "another accelerator") != NULL);
+  CHECK_FAILS(dsrs_engine_step(e, (dsrs_stream *)(void *)other, &r), DSRS_STATUS_WRONG_HANDLE_TYPE,
+              "'stream'");
+  CHECK_UNTOUCHED(r, r0);
+  CHECK_OK(dsrs_engine_step(e, NULL, &r));
+  CHECK(r.global_step == 3 && r.micro_step == 3); /* the failures counted nothing */
+  CHECK_OK(dsrs_stream_free(foreign));
+  CHECK_OK(dsrs_accelerator_free(other));
+  CHECK_OK(dsrs_stream_free(dflt));
+  CHECK_OK(dsrs_stream_free(mine));
+  REQUIRE_OK(dsrs_engine_free(e));
+  REQUIRE_OK(dsrs_accelerator_free(acc));
+
+  /* The config helpers. */
+  const char *with_auto =
+      "{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": \"auto\"}}}";
+  char text[16];
+  memset(text, 0x5e, sizeof text);
+  needed = idx0;
+  CHECK_FAILS(dsrs_config_auto_paths(NULL, text, sizeof text, &needed), DSRS_STATUS_NULL_ARGUMENT,
+              "'config_json'");
+  CHECK_FAILS(dsrs_config_auto_paths("{\"train_batch_size\": ", text, sizeof text, &needed),
+              DSRS_STATUS_INVALID_JSON, "config_json");
+  CHECK_FAILS(dsrs_config_fill_auto(NULL, "optimizer.params.lr", "0.1", text, sizeof text, &needed),
+              DSRS_STATUS_NULL_ARGUMENT, "'config_json'");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, NULL, "0.1", text, sizeof text, &needed),
+              DSRS_STATUS_NULL_ARGUMENT, "'path'");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, "optimizer.params.lr", NULL, text, sizeof text, &needed),
+              DSRS_STATUS_NULL_ARGUMENT, "'value_json'");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, "optimizer.params.no_such_key", "0.1", text,
+                                    sizeof text, &needed),
+              DSRS_STATUS_INVALID_CONFIG, "optimizer.params.no_such_key");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, "scheduler.params.warmup_num_steps", "10", text,
+                                    sizeof text, &needed),
+              DSRS_STATUS_INVALID_CONFIG, "scheduler.params.warmup_num_steps");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, "train_batch_size", "16", text, sizeof text, &needed),
+              DSRS_STATUS_INVALID_CONFIG, "not \"auto\"");
+  CHECK_FAILS(dsrs_config_fill_auto(with_auto, "optimizer.type", "\"Adam\"", text, sizeof text, &needed),
+              DSRS_STATUS_INVALID_CONFIG, "optimizer.type");
+  CHECK(needed == idx0);
+  CHECK(text[0] == 0x5e && text[sizeof text - 1] == 0x5e);
+  /* world_size 0 is taken as 1. */
+  const char *doc = "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 2, "
+                    "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.1}}}";
+  char *one = NULL, *zero = NULL;
+  READ_STRING(one, dsrs_config_check(doc, 1, buf_, len_, &needed_));
+  READ_STRING(zero, dsrs_config_check(doc, 0, buf_, len_, &needed_));
+  CHECK(strcmp(one, zero) == 0);
+  CHECK(strstr(zero, "\"gradient_accumulation_steps\":4") != NULL ||
+        strstr(zero, "\"gradient_accumulation_steps\": 4") != NULL);
+  free(one);
+  free(zero);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
   const uint64_t seed = test_seed_from_env_or_time();
@@ -803,5 +1013,6 @@ int main(void) {
   test_fp16();
   test_errors();
   test_config_functions();
+  test_misuse();
   return check_exit_code("engine_test");
 }

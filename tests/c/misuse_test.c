@@ -77,6 +77,94 @@ static void draw(dsrs_accelerator *a, uint32_t *out, int64_t n) {
   REQUIRE_OK(dsrs_accelerator_rng_fill(a, &t, DSRS_DISTRIBUTION_BITS, 0, 0, NULL));
 }
 
+/* Every dsrs_engine_* function that takes an engine, called with otherwise valid arguments
+ * and out-parameters in `engine_outs` (pre-filled with a sentinel by the caller): the
+ * table of the stale and wrong-type engine handle abuses. */
+typedef struct {
+  size_t index, needed;
+  double value;
+  uint64_t sizes[3];
+  DLTensor view;
+  dsrs_step_record record;
+  char text[64];
+} engine_outs;
+
+static float engine_call_values[2] = {1.0f, 2.0f};
+static int64_t engine_call_shape[1] = {2};
+
+static dsrs_status ec_register_param(dsrs_engine *e, engine_outs *o) {
+  DLTensor t;
+  memset(&t, 0, sizeof t);
+  t.data = engine_call_values;
+  t.device.device_type = kDLCPU;
+  t.ndim = 1;
+  t.dtype = dt(kDLFloat, 32, 1);
+  t.shape = engine_call_shape;
+  return dsrs_engine_register_param(e, "w", &t, 1, &o->index);
+}
+static dsrs_status ec_finalize(dsrs_engine *e, engine_outs *o) {
+  (void)o;
+  return dsrs_engine_finalize(e);
+}
+static dsrs_status ec_num_params(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_num_params(e, &o->index);
+}
+static dsrs_status ec_param_index(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_param_index(e, "w", &o->index);
+}
+static dsrs_status ec_param_name(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_param_name(e, 0, o->text, sizeof o->text, &o->needed);
+}
+static dsrs_status ec_param(dsrs_engine *e, engine_outs *o) { return dsrs_engine_param(e, 0, &o->view); }
+static dsrs_status ec_grad(dsrs_engine *e, engine_outs *o) { return dsrs_engine_grad(e, 0, &o->view); }
+static dsrs_status ec_optimizer_state(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_optimizer_state(e, 0, "exp_avg", &o->view);
+}
+static dsrs_status ec_step(dsrs_engine *e, engine_outs *o) { return dsrs_engine_step(e, NULL, &o->record); }
+static dsrs_status ec_loss_scale(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_loss_scale(e, &o->value);
+}
+static dsrs_status ec_get_lr(dsrs_engine *e, engine_outs *o) { return dsrs_engine_get_lr(e, &o->value); }
+static dsrs_status ec_set_lr(dsrs_engine *e, engine_outs *o) {
+  (void)o;
+  return dsrs_engine_set_lr(e, 0.5);
+}
+static dsrs_status ec_report_loss(dsrs_engine *e, engine_outs *o) {
+  (void)o;
+  return dsrs_engine_report_loss(e, 1.5);
+}
+static dsrs_status ec_batch_sizes(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_batch_sizes(e, &o->sizes[0], &o->sizes[1], &o->sizes[2]);
+}
+static dsrs_status ec_config_json(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_config_json(e, o->text, sizeof o->text, &o->needed);
+}
+static dsrs_status ec_stats_json(dsrs_engine *e, engine_outs *o) {
+  return dsrs_engine_stats_json(e, o->text, sizeof o->text, &o->needed);
+}
+
+static const struct {
+  const char *function;
+  dsrs_status (*call)(dsrs_engine *, engine_outs *);
+} ENGINE_CALLS[] = {
+    {"dsrs_engine_register_param", ec_register_param},
+    {"dsrs_engine_finalize", ec_finalize},
+    {"dsrs_engine_num_params", ec_num_params},
+    {"dsrs_engine_param_index", ec_param_index},
+    {"dsrs_engine_param_name", ec_param_name},
+    {"dsrs_engine_param", ec_param},
+    {"dsrs_engine_grad", ec_grad},
+    {"dsrs_engine_optimizer_state", ec_optimizer_state},
+    {"dsrs_engine_step", ec_step},
+    {"dsrs_engine_loss_scale", ec_loss_scale},
+    {"dsrs_engine_get_lr", ec_get_lr},
+    {"dsrs_engine_set_lr", ec_set_lr},
+    {"dsrs_engine_report_loss", ec_report_loss},
+    {"dsrs_engine_batch_sizes", ec_batch_sizes},
+    {"dsrs_engine_config_json", ec_config_json},
+    {"dsrs_engine_stats_json", ec_stats_json},
+};
+
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0); /* keep stdout and stderr in order */
   uint64_t seed = test_seed_from_env_or_time();
@@ -909,6 +997,55 @@ int main(void) {
     int local = 0;
     ABUSE("engine_set_lr of a stack address", dsrs_engine_set_lr((dsrs_engine *)(void *)&local, 1.0),
           DSRS_STATUS_INVALID_HANDLE, "dsrs_engine_set_lr", "'engine'");
+  }
+
+  printf("-- every dsrs_engine_* function: a freed engine, an accelerator as an engine\n");
+  {
+    /* A finalized engine with a parameter, so that each call below would succeed on it. */
+    dsrs_engine *eng = NULL;
+    REQUIRE_OK(dsrs_engine_new(acc,
+                               "{\"train_batch_size\": 1, \"optimizer\": {\"type\": \"AdamW\", "
+                               "\"params\": {\"lr\": 0.1}}}",
+                               &eng));
+    engine_outs live;
+    memset(&live, 0, sizeof live);
+    CHECK_OK(ec_register_param(eng, &live));
+    CHECK_OK(dsrs_engine_finalize(eng));
+    REQUIRE_OK(dsrs_engine_free(eng));
+    const size_t ncalls = sizeof ENGINE_CALLS / sizeof ENGINE_CALLS[0];
+    CHECK(ncalls == 16);
+    for (size_t i = 0; i < ncalls; i++) {
+      engine_outs outs, before;
+      memset(&outs, 0x5e, sizeof outs);
+      before = outs;
+      char what[96];
+      snprintf(what, sizeof what, "%s of a freed engine", ENGINE_CALLS[i].function + 5);
+      ABUSE(what, ENGINE_CALLS[i].call(eng, &outs), DSRS_STATUS_STALE_HANDLE,
+            ENGINE_CALLS[i].function, "'engine'", "stale dsrs_engine");
+      if (memcmp(&outs, &before, sizeof outs) != 0) {
+        fprintf(stderr, "misuse_test.c: %s wrote an out-parameter on failure\n", what);
+        check_failures_++;
+      }
+    }
+    /* The same calls with an accelerator handle where the engine goes. */
+    for (size_t i = 0; i < ncalls; i++) {
+      engine_outs outs, before;
+      memset(&outs, 0x5e, sizeof outs);
+      before = outs;
+      char what[96];
+      snprintf(what, sizeof what, "%s of an accelerator handle", ENGINE_CALLS[i].function + 5);
+      ABUSE(what, ENGINE_CALLS[i].call((dsrs_engine *)(void *)other, &outs),
+            DSRS_STATUS_WRONG_HANDLE_TYPE, ENGINE_CALLS[i].function, "'engine'",
+            "dsrs_accelerator", "dsrs_engine");
+      if (memcmp(&outs, &before, sizeof outs) != 0) {
+        fprintf(stderr, "misuse_test.c: %s wrote an out-parameter on failure\n", what);
+        check_failures_++;
+      }
+    }
+    /* The accelerator is unharmed. */
+    uint32_t devices = 0;
+    CHECK_OK(dsrs_accelerator_device_count(other, &devices));
+    CHECK(devices == 2);
   }
 
   CHECK_OK(dsrs_event_free(ev));

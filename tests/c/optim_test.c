@@ -25,7 +25,9 @@
  *  5. LAMB on host tensors: bit for bit against a float reference (sums of squares in
  *     double, element order), and against a double LAMB within a first-order bound.
  *  6. Every error path: status, dsrs_last_error_status, a message that starts with the
- *     function's name and names the field, and no tensor written.
+ *     function's name and names the field, and no tensor written; the REFERENCE backend
+ *     refuses CUDA tensors (UNSUPPORTED, before any device use); empty tensors with NULL
+ *     data are an empty step for every optimizer and backend.
  *
  * The ops are JIT-built into a private cache (DSRS_CACHE_DIR under a mkdtemp() directory,
  * removed at the end); the SIMD level they report is printed. CTest also runs this program
@@ -1055,7 +1057,80 @@ static void section_errors(void) {
   fx.e[1].exp_avg = NULL;
   EXPECT_ERROR("adagrad: kDLCUDA tensors", dsrs_adagrad_step(&adagrad, fx.e, 2, NULL),
                DSRS_STATUS_UNSUPPORTED, "dsrs_adagrad_step", "CUDA");
+  /* The REFERENCE backend runs on host memory only: CUDA tensors are refused before any
+   * stream or device is looked at (so this holds without a GPU, with or without a stream). */
+  fx.e[0].exp_avg = &fx.s[0].tm.t;
+  fx.e[1].exp_avg = &fx.s[1].tm.t;
+  adam.backend = DSRS_OPTIM_BACKEND_REFERENCE;
+  EXPECT_ERROR("adam: REFERENCE backend, kDLCUDA tensors", dsrs_adam_step(&adam, fx.e, 2, NULL),
+               DSRS_STATUS_UNSUPPORTED, A, "REFERENCE", "CUDA");
+  {
+    dsrs_accelerator *cpu = NULL;
+    dsrs_stream *s = NULL;
+    REQUIRE_OK(dsrs_accelerator_get(&cpu));
+    REQUIRE_OK(dsrs_stream_new(cpu, &s));
+    EXPECT_ERROR("adam: REFERENCE backend, kDLCUDA tensors, a stream", dsrs_adam_step(&adam, fx.e, 2, s),
+                 DSRS_STATUS_UNSUPPORTED, A, "REFERENCE");
+    CHECK_OK(dsrs_stream_free(s));
+    CHECK_OK(dsrs_accelerator_free(cpu));
+  }
+  adam.backend = DSRS_OPTIM_BACKEND_AUTO;
+  lamb.backend = DSRS_OPTIM_BACKEND_REFERENCE;
+  EXPECT_ERROR("lamb: REFERENCE backend, kDLCUDA tensors", dsrs_lamb_step(&lamb, fx.e, 2, NULL),
+               DSRS_STATUS_UNSUPPORTED, "dsrs_lamb_step", "REFERENCE");
+  lamb.backend = DSRS_OPTIM_BACKEND_AUTO;
+  lion.backend = DSRS_OPTIM_BACKEND_REFERENCE;
+  fx.e[0].exp_avg_sq = NULL;
+  fx.e[1].exp_avg_sq = NULL;
+  EXPECT_ERROR("lion: REFERENCE backend, kDLCUDA tensors", dsrs_lion_step(&lion, fx.e, 2, NULL),
+               DSRS_STATUS_UNSUPPORTED, "dsrs_lion_step", "REFERENCE");
+  lion.backend = DSRS_OPTIM_BACKEND_AUTO;
   fixture_unchanged(__LINE__, &fx, "CUDA cases");
+
+  /* Empty tensors (shape [0], data NULL, as DLPack allows) are an empty step for every
+   * optimizer and backend: nothing is read or written (no slice is made of NULL). */
+  {
+    tens ep, eg, em, ev;
+    tens_set(&ep, NULL, edl(T_F32), 0);
+    tens_set(&eg, NULL, edl(T_F32), 0);
+    tens_set(&em, NULL, edl(T_F32), 0);
+    tens_set(&ev, NULL, edl(T_F32), 0);
+    dsrs_optim_tensors both = {&ep.t, &eg.t, &em.t, &ev.t, NULL};
+    dsrs_optim_tensors m_only = {&ep.t, &eg.t, &em.t, NULL, NULL};
+    dsrs_optim_tensors v_only = {&ep.t, &eg.t, NULL, &ev.t, NULL};
+    const int backends[3] = {DSRS_OPTIM_BACKEND_AUTO, DSRS_OPTIM_BACKEND_KERNEL,
+                             DSRS_OPTIM_BACKEND_REFERENCE};
+    for (int b = 0; b < 3; b++) {
+      dsrs_adam_config ac = adam;
+      ac.backend = backends[b];
+      CHECK_OK(dsrs_adam_step(&ac, &both, 1, NULL));
+      dsrs_adagrad_config gc = adagrad;
+      gc.backend = backends[b];
+      CHECK_OK(dsrs_adagrad_step(&gc, &v_only, 1, NULL));
+      dsrs_lion_config lc = lion;
+      lc.backend = backends[b];
+      CHECK_OK(dsrs_lion_step(&lc, &m_only, 1, NULL));
+    }
+    dsrs_lamb_config lc = lamb;
+    lc.backend = DSRS_OPTIM_BACKEND_REFERENCE;
+    CHECK_OK(dsrs_lamb_step(&lc, &both, 1, NULL));
+    CHECK_OK(dsrs_lamb_step(&lamb, &both, 1, NULL));
+    /* An empty entry next to a real one: the real one is stepped as alone. */
+    fixture_reset(&fx);
+    dsrs_optim_tensors mixed[2] = {both, fx.e[0]};
+    pset ref;
+    pset_clone(&ref, &fx.s[0]);
+    CHECK_OK(dsrs_adam_step(&adam, mixed, 2, NULL));
+    ref_adam(&adam, &ref);
+    pset_same_bits(&fx.s[0], &ref, "adam: an empty entry, then tensors[1]");
+    pset_free(&ref);
+    memcpy(fx.s[0].p, fx.snap[0].p, 17 * 4);
+    memcpy(fx.s[0].m, fx.snap[0].m, 17 * 4);
+    memcpy(fx.s[0].v, fx.snap[0].v, 17 * 4);
+    fixture_reset(&fx);
+    printf("  empty tensors with NULL data: DSRS_STATUS_OK (adam, adagrad, lion: every backend; "
+           "lamb)\n");
+  }
 
   /* Hyper-parameters. */
   adam.adamw_mode = 2;

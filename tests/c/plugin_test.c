@@ -18,7 +18,8 @@
  *                                  graph capture unsupported, a failing init, probe
  *                                  "unavailable", a plugin with events but no streams,
  *                                  copies between plugin instances, lifetimes, detection
- *                                  and the report
+ *                                  and the report, the training engine refused
+ *                                  (DSRS_STATUS_UNSUPPORTED)
  *   plugin_test env-detect         DSRS_ACCELERATOR_PLUGINS=good:bad-abi: detection picks
  *                                  the plugin; the report lists the bad one with its reason
  *   plugin_test env-override-cpu   ... and DSRS_ACCELERATOR=cpu still selects cpu
@@ -420,6 +421,30 @@ static void test_creation(uint64_t cap) {
   CHECK(count == 3);
   CHECK(figure(a, dsrs_accelerator_total_memory, 2) == cap);
   CHECK_OK(dsrs_accelerator_free(a));
+}
+
+/* The training engine runs on host-memory accelerators only: on the plugin, creating one
+ * fails (DSRS_STATUS_UNSUPPORTED) and writes nothing. */
+static void test_engine_unsupported(dsrs_accelerator *a) {
+  SECTION("the training engine on a plugin accelerator");
+  const char *config = "{\"train_batch_size\": 1, \"optimizer\": {\"type\": \"AdamW\", "
+                       "\"params\": {\"lr\": 0.1}}}";
+  dsrs_engine *const sentinel = (dsrs_engine *)(uintptr_t)0x5e5e;
+  dsrs_engine *e = sentinel;
+  EXPECT_FAIL("dsrs_engine_new on hostmem", dsrs_engine_new(a, config, &e), DSRS_STATUS_UNSUPPORTED,
+              "dsrs_engine_new", "hostmem");
+  CHECK(e == sentinel);
+  /* The accelerator is unharmed, and the same config makes an engine on cpu. */
+  uint32_t count = 0;
+  CHECK_OK(dsrs_accelerator_device_count(a, &count));
+  CHECK(count == 2);
+  dsrs_accelerator *cpu = NULL;
+  REQUIRE_OK(dsrs_accelerator_new("cpu", NULL, &cpu));
+  e = NULL;
+  CHECK_OK(dsrs_engine_new(cpu, config, &e));
+  CHECK(e != NULL && e != sentinel);
+  CHECK_OK(dsrs_engine_free(e));
+  CHECK_OK(dsrs_accelerator_free(cpu));
 }
 
 static void test_identity(dsrs_accelerator *a, uint64_t cap) {
@@ -1226,6 +1251,7 @@ static int run_main_suite(void) {
   test_rng(a);
   test_dtypes(a);
   test_other_plugins(a);
+  test_engine_unsupported(a);
   CHECK_OK(dsrs_accelerator_empty_cache(a));
   CHECK(ALLOCATED(a, 0) == 0 && ALLOCATED(a, 1) == 0); /* everything was freed */
   CHECK(RESERVED(a, 0) == 0 && RESERVED(a, 1) == 0);

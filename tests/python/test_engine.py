@@ -43,8 +43,8 @@ def config(optimizer="AdamW", params=None, *, tbs=1, mbs=None, **extra):
     return cfg
 
 
-def make_engine(cfg, *arrays, trainable=True):
-    e = ds.Engine(cfg)
+def make_engine(cfg, *arrays, trainable=True, accelerator=None):
+    e = ds.Engine(cfg, accelerator)
     for i, a in enumerate(arrays):
         e.register_param(f"p{i}", a, trainable)
     e.finalize()
@@ -165,6 +165,42 @@ def test_error_classes(rng, tmp_path):
     with raises(ds.StaleHandleError):
         e.num_params
 
+
+def test_step_stream_of_its_own_or_another_accelerator(cpu):
+    e = make_engine(config(), np.ones(3, np.float32), accelerator=cpu)
+    with cpu.stream() as mine, cpu.default_stream() as default:
+        assert e.step(stream=mine).global_step == 1
+        assert e.step(stream=default).global_step == 2
+    with ds.Accelerator("cpu") as other, other.stream() as foreign:
+        with raises(ds.InvalidArgumentError, "'stream'", "another accelerator"):
+            e.step(stream=foreign)
+    freed = cpu.stream()
+    freed.close()
+    with raises(ds.StaleHandleError, "closed"):
+        e.step(stream=freed)
+    r = e.step()  # the failed steps counted nothing
+    assert r.global_step == 3 and r.micro_step == 3
+
+
+def test_report_loss_nan_is_recorded_not_refused(tmp_path):
+    """A NaN (or inf) loss is accepted, as DeepSpeed logs whatever loss the host has: its
+    window's mean is NaN, and the next window starts afresh."""
+    e = make_engine(config(tbs=2, mbs=1, csv_monitor={"enabled": True, "output_path": str(tmp_path),
+                                                        "job_name": "nan"}),
+                    np.ones(3, np.float32))
+    e.report_loss(float("nan"))
+    e.step()
+    e.report_loss(float("inf"))
+    e.step()
+    for loss in (1.0, 2.0, 3.0, 5.0):
+        e.report_loss(loss)
+        assert e.step().applied is (loss in (2.0, 5.0))
+    e.close()  # flushes the monitor
+    csv = tmp_path / "nan" / "Train_Samples_train_loss.csv"
+    rows = [line.split(",") for line in csv.read_text().split()[1:]]
+    assert [int(step) for step, _ in rows] == [2, 4, 6]
+    losses = [float(v) for _, v in rows]
+    assert math.isnan(losses[0]) and losses[1:] == [1.5, 4.0]
 
 def test_engine_from_files_and_text(tmp_path):
     text = '// comment\n{"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,\n' \
